@@ -1,0 +1,81 @@
+"""The one place where labkit imports its heavy dependencies.
+
+Every ML module does ``from labkit._deps import torch`` instead of ``import torch``,
+so a missing torch gives one clear line saying what to install, and
+bitsandbytes is imported once, here, with its known import-time noise filtered
+(nbval compares stderr, so a stray log line would fail every lesson).
+"""
+
+from __future__ import annotations
+
+import importlib
+import logging
+import warnings
+
+_INSTALL_HINT = (
+    "labkit's ML modules need {pkg}, which is not installed in this Python "
+    "({exe}). Install the course environment with `make setup`, or "
+    "`pip install -c constraints.txt -e .` from the repository root."
+)
+
+
+def _missing(pkg: str) -> ImportError:
+    import sys
+
+    return ImportError(_INSTALL_HINT.format(pkg=pkg, exe=sys.executable))
+
+
+try:
+    import torch  # noqa: F401  (re-exported)
+except ImportError as exc:  # pragma: no cover - exercised by a subprocess test
+    raise _missing("torch (pip install torch==2.13.0)") from exc
+
+_bnb = None
+_bnb_error: Exception | None = None
+
+
+def import_bnb():
+    """Import bitsandbytes once, quietly, and return the module.
+
+    bitsandbytes 0.50 logs a warning at import time on AVX512-BF16 CPUs because the
+    optional ``kernels`` package (which downloads kernels from a hub) is absent; we
+    deliberately leave that package out, so the warning is noise. We silence exactly
+    that logger for the duration of the import, and nothing else.
+
+    Raises:
+        ImportError: bitsandbytes is missing or fails to import; the message says
+            how to install it.
+    """
+    global _bnb, _bnb_error
+    if _bnb is not None:
+        return _bnb
+    if _bnb_error is not None:
+        raise ImportError(f"bitsandbytes is unavailable here: {_bnb_error}") from _bnb_error
+    quiet = [logging.getLogger(n) for n in ("bitsandbytes", "bitsandbytes.backends.cpu.ops")]
+    old = [lg.level for lg in quiet]
+    for lg in quiet:
+        lg.setLevel(logging.ERROR)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            _bnb = importlib.import_module("bitsandbytes")
+            importlib.import_module("bitsandbytes.nn")
+    except Exception as exc:  # ImportError, or a broken native library
+        _bnb_error = exc
+        raise ImportError(
+            f"bitsandbytes could not be imported ({exc}). "
+            "Install it with `pip install -c constraints.txt 'bitsandbytes>=0.50.2,<0.51'`."
+        ) from exc
+    finally:
+        for lg, lvl in zip(quiet, old):
+            lg.setLevel(lvl)
+    return _bnb
+
+
+def bnb_available() -> bool:
+    """True when bitsandbytes imports here (never raises)."""
+    try:
+        import_bnb()
+    except ImportError:
+        return False
+    return True
