@@ -7,7 +7,7 @@ The ML modules (``labkit.lora``, ``labkit.quant``, ...) import torch themselves.
 
 import sys
 
-if sys.version_info < (3, 10):  # pragma: no cover - exercised by a subprocess test
+if sys.version_info < (3, 10):  # noqa: UP036  (tested by patching sys.version_info)
     raise ImportError(
         f"labkit needs Python 3.10 or newer; this is {sys.version.split()[0]}. "
         "Create the course environment with `make setup` (or conda env create -f environment.yml)."

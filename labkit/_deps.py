@@ -67,7 +67,7 @@ def import_bnb():
             "Install it with `pip install -c constraints.txt 'bitsandbytes>=0.50.2,<0.51'`."
         ) from exc
     finally:
-        for lg, lvl in zip(quiet, old):
+        for lg, lvl in zip(quiet, old, strict=True):
             lg.setLevel(lvl)
     return _bnb
 

@@ -15,9 +15,7 @@ import random
 import sys
 from dataclasses import dataclass
 
-from labkit import _deps  # noqa: F401  (one clear line when torch is missing)
-
-import torch
+from labkit._deps import import_bnb, torch  # one clear line when torch is missing
 
 #: Threads used by lessons and tests unless told otherwise. Two matches the CI
 #: machine and a typical laptop's performance cores; fixing it makes float
@@ -76,7 +74,8 @@ def pick_device(prefer: str | None = None) -> torch.device:
     available = {
         "cpu": True,
         "cuda": torch.cuda.is_available(),
-        "mps": getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available(),
+        "mps": getattr(torch.backends, "mps", None) is not None
+        and torch.backends.mps.is_available(),
     }
     if not available[prefer]:
         raise ValueError(f"device {prefer!r} is not available here; use pick_device() to choose")
@@ -105,13 +104,15 @@ def _version(dist: str) -> str | None:
 def _bnb_4bit_check(device: torch.device) -> Check:
     """Quantize and dequantize a small tensor with bitsandbytes on ``device``."""
     try:
-        bnb = _deps.import_bnb()
+        bnb = import_bnb()
         x = torch.randn(64, 64, device=device)
         q, state = bnb.functional.quantize_4bit(x, blocksize=64, quant_type="nf4")
         y = bnb.functional.dequantize_4bit(q, state)
         err = (x - y).abs().max().item()
         ok = err < 0.5 * x.abs().max().item()
-        return Check("bitsandbytes 4-bit", "OK" if ok else "MISSING", f"{device.type}, max err {err:.2f}")
+        return Check(
+            "bitsandbytes 4-bit", "OK" if ok else "MISSING", f"{device.type}, max err {err:.2f}"
+        )
     except Exception as exc:  # noqa: BLE001 - a report must not crash
         return Check("bitsandbytes 4-bit", "MISSING", f"{type(exc).__name__}: {exc}"[:80])
 
@@ -122,13 +123,21 @@ def report(print_it: bool = True) -> list[Check]:
     Each row is OK / MISSING (or n/a for a GPU-only item on a CPU machine). The
     lesson prints it in an output-ignored cell, since it depends on the machine.
     """
-    rows = [Check("python", "OK" if sys.version_info >= (3, 10) else "MISSING", platform.python_version())]
+    rows = [
+        Check(
+            "python", "OK" if sys.version_info >= (3, 10) else "MISSING", platform.python_version()
+        )
+    ]
     for dist in ("torch", "bitsandbytes", "safetensors", "matplotlib", "ipywidgets", "jupyterlab"):
         v = _version(dist)
         rows.append(Check(dist, "OK" if v else "MISSING", v or f"pip install {dist}"))
     widgets_fe = _version("jupyterlab_widgets")
     rows.append(
-        Check("widgets front end", "OK" if widgets_fe else "MISSING", widgets_fe or "pip install jupyterlab_widgets")
+        Check(
+            "widgets front end",
+            "OK" if widgets_fe else "MISSING",
+            widgets_fe or "pip install jupyterlab_widgets",
+        )
     )
     cuda = torch.cuda.is_available()
     rows.append(
@@ -140,7 +149,13 @@ def report(print_it: bool = True) -> list[Check]:
     )
     if cuda:
         bf16 = torch.cuda.is_bf16_supported()
-        rows.append(Check("bf16 on GPU", "OK" if bf16 else "n/a", "yes" if bf16 else "no (e.g. T4): fp16 is used"))
+        rows.append(
+            Check(
+                "bf16 on GPU",
+                "OK" if bf16 else "n/a",
+                "yes" if bf16 else "no (e.g. T4): fp16 is used",
+            )
+        )
     rows.append(Check("CPU features", "OK", torch.backends.cpu.get_cpu_capability()))
     rows.append(_bnb_4bit_check(pick_device()))
     rows.append(Check("threads", "OK", f"torch uses {torch.get_num_threads()}"))
