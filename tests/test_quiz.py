@@ -1,0 +1,641 @@
+"""labkit.quiz: validation errors, widgets driven by script, explain scoring, progress, terminal."""
+
+from __future__ import annotations
+
+import html
+import io
+import json
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+import yaml
+
+from labkit import quiz
+
+ROOT = Path(__file__).resolve().parent.parent
+BANK = quiz.load_bank(quiz.BANK_DIR)
+
+
+# ------------------------------------------------------------------ validation errors
+
+
+def good_item(**changes) -> dict:
+    item = {
+        "id": "t-one",
+        "topic": "lora-basics",
+        "kind": "choice",
+        "difficulty": "easy",
+        "prompt": "Which is right?",
+        "answer": "yes",
+        "hint": "h",
+        "solution": ["s1", "s2"],
+        "quick_check": "q",
+        "mistakes": ["m"],
+        "choices": [{"text": "yes"}, {"text": "no", "feedback": "No."}],
+    }
+    item.update(changes)
+    return {k: v for k, v in item.items() if v is not None}
+
+
+def write_bank(tmp_path, files: dict) -> Path:
+    bank = tmp_path / "bank"
+    bank.mkdir()
+    for name, content in files.items():
+        text = content if isinstance(content, str) else yaml.safe_dump(content, sort_keys=False)
+        (bank / name).write_text(text)
+    return bank
+
+
+def topic_file(*items, topic="lora-basics"):
+    return {"topic": topic, "title": "T", "items": list(items)}
+
+
+def test_a_valid_tiny_bank_loads(tmp_path, monkeypatch):
+    directory = write_bank(tmp_path, {"lora_basics.yaml": topic_file(good_item())})
+    bank = quiz.load_bank(directory)
+    assert [it.id for it in bank.items] == ["t-one"] and bank.titles == {"lora-basics": "T"}
+    monkeypatch.setenv("LABKIT_QUIZZES", str(directory))
+    assert quiz.load_bank() is bank
+
+
+def test_malformed_yaml_names_file_and_line(tmp_path):
+    bad = "topic: lora-basics\ntitle: T\nitems:\n  - id: x\n    prompt: [unclosed\n"
+    bank = write_bank(tmp_path, {"lora_basics.yaml": bad})
+    with pytest.raises(
+        quiz.QuizError, match=r"^bank/lora_basics\.yaml: not valid YAML at line \d+: "
+    ):
+        quiz.load_bank(bank)
+
+
+def test_duplicate_id_names_both_files(tmp_path):
+    bank = write_bank(
+        tmp_path,
+        {
+            "lora_basics.yaml": topic_file(good_item()),
+            "qlora.yaml": topic_file(good_item(topic="qlora"), topic="qlora"),
+        },
+    )
+    with pytest.raises(quiz.QuizError) as err:
+        quiz.load_bank(bank)
+    assert str(err.value) == (
+        "bank/qlora.yaml: item 't-one': field 'id': duplicate id, already used in "
+        "bank/lora_basics.yaml"
+    )
+
+
+def test_answer_not_among_choices(tmp_path):
+    bank = write_bank(tmp_path, {"lora_basics.yaml": topic_file(good_item(answer="maybe"))})
+    with pytest.raises(quiz.QuizError) as err:
+        quiz.load_bank(bank)
+    assert str(err.value) == (
+        "bank/lora_basics.yaml: item 't-one': field 'answer': 'maybe' is not among the "
+        "choices ('yes', 'no')"
+    )
+
+
+@pytest.mark.parametrize("field", ["id", "hint", "solution", "quick_check", "mistakes", "choices"])
+def test_missing_field(tmp_path, field):
+    bank = write_bank(tmp_path, {"lora_basics.yaml": topic_file(good_item(**{field: None}))})
+    label = "#1" if field == "id" else "t-one"
+    tail = " (a choice item needs it)" if field == "choices" else ""
+    with pytest.raises(quiz.QuizError) as err:
+        quiz.load_bank(bank)
+    assert (
+        str(err.value) == f"bank/lora_basics.yaml: item '{label}': field '{field}': missing{tail}"
+    )
+
+
+@pytest.mark.parametrize(
+    ("changes", "message"),
+    [
+        (
+            {"kind": "essay"},
+            "field 'kind': 'essay' is not one of recall, choice, code_output, "
+            "find_bug, scenario, explain",
+        ),
+        ({"difficulty": "brutal"}, "field 'difficulty': 'brutal' is not one of easy, medium, hard"),
+        (
+            {"hnit": "typo"},
+            "field 'hnit': unknown field for a choice item; known: answer, "
+            "choices, difficulty, hint, id, kind, mistakes, prompt, quick_check, "
+            "solution, topic",
+        ),
+        (
+            {"choices": [{"text": "yes"}, {"text": "no"}]},
+            "field 'choices[1].feedback': missing (every wrong option needs it)",
+        ),
+        ({"solution": []}, "field 'solution': must be a non-empty list of text"),
+        ({"prompt": "  "}, "field 'prompt': must not be empty"),
+        ({"topic": "qlora"}, "field 'topic': 'qlora' differs from the file's 'lora-basics'"),
+        (
+            {
+                "kind": "code_output",
+                "choices": None,
+                "answer": "1",
+                "code": "print(1)",
+                "output": "1",
+            },
+            "field 'output': unknown field for a code_output item",
+        ),
+    ],
+)
+def test_each_item_problem_names_file_item_and_field(tmp_path, changes, message):
+    bank = write_bank(tmp_path, {"lora_basics.yaml": topic_file(good_item(**changes))})
+    with pytest.raises(quiz.QuizError) as err:
+        quiz.load_bank(bank)
+    assert str(err.value).startswith(f"bank/lora_basics.yaml: item 't-one': {message}")
+
+
+def test_file_level_problems(tmp_path):
+    bank = write_bank(tmp_path, {"lora_basics.yaml": topic_file(good_item(), topic="qlora")})
+    with pytest.raises(
+        quiz.QuizError,
+        match=r"^bank/lora_basics\.yaml: topic 'qlora' does not "
+        r"match the file name 'lora_basics\.yaml'$",
+    ):
+        quiz.load_bank(bank)
+    with pytest.raises(
+        quiz.QuizError, match=r"no quiz files \(\*\.yaml\) here; .* set LABKIT_QUIZZES"
+    ):
+        quiz.load_bank(tmp_path / "empty")
+
+
+def test_never_a_partial_load(tmp_path):
+    bank = write_bank(
+        tmp_path,
+        {
+            "lora_basics.yaml": topic_file(good_item()),
+            "qlora.yaml": topic_file(
+                good_item(id="t-two", topic="qlora"),
+                good_item(id="t-three", topic="qlora", kind="quiz"),
+                topic="qlora",
+            ),
+        },
+    )
+    before = dict(quiz._BANKS)
+    with pytest.raises(quiz.QuizError, match="item 't-three': field 'kind'"):
+        quiz.load_bank(bank)
+    assert quiz._BANKS == before  # nothing cached from the failed load
+    (bank / "qlora.yaml").unlink()
+    assert [it.id for it in quiz.load_bank(bank).items] == ["t-one"]
+
+
+# ------------------------------------------------------------------------ plain text
+
+
+def test_plain_text_fallback_is_deterministic_and_hides_the_answer():
+    for item in BANK.items:
+        text = quiz.ItemView(item).text()
+        assert text == quiz.ItemView(item).text()
+        assert "Answer:" not in text and item.hint not in text
+        assert not any(step in text for step in item.solution)
+        if item.kind in ("recall", "code_output", "explain"):
+            shown = text.replace(quiz._indent(item.code), "") if item.code else text
+            assert item.answer not in shown
+        assert "python -m labkit.quiz" in text
+
+
+def test_display_is_one_bundle_with_widget_view_and_text():
+    from IPython.core.formatters import format_display_data
+
+    view = quiz.show(ids=["lp-trainable-count"], progress=None)
+    data, _ = format_display_data(view)
+    assert set(data) == {"application/vnd.jupyter.widget-view+json", "text/plain"}
+    assert data["application/vnd.jupyter.widget-view+json"]["model_id"] == view.box.model_id
+    assert data["text/plain"].startswith("[lora-params | choice | medium] A 1024 x 1024")
+    for option in ("16,384", "1,048,576", "8,192", "8,388,608"):
+        assert f") {option}\n" in data["text/plain"] + "\n"
+
+
+# --------------------------------------------------------------------------- widgets
+
+
+def option_index(item, text):
+    return [c.text for c in item.options()].index(text)
+
+
+def test_widget_choice_feedback_hint_solution_and_progress(tmp_path):
+    progress = quiz.Progress(tmp_path / "p.json")
+    view = quiz.show(ids=["lp-trainable-count"], progress=progress)
+    item = view.item
+    view.check_button.click()  # nothing chosen yet
+    assert "Answer first" in view.feedback.value and progress.attempts == []
+
+    view.choices.value = option_index(item, "8,192")
+    view.check_button.click()
+    assert "Not quite: That is only one of the two factors" in view.feedback.value
+    assert view.result.correct is False
+
+    view.hint_button.click()
+    assert view.hint.value == f"<i>Hint: {item.hint}</i>"
+    assert view.solution.value == ""
+    view.solution_button.click()
+    for part in [*item.solution, item.quick_check, *item.mistakes]:
+        assert html.escape(part) in view.solution.value
+
+    view.choices.value = option_index(item, "16,384")
+    view.check_button.click()
+    assert "Correct." in view.feedback.value and view.result.correct is True
+    saved = json.loads((tmp_path / "p.json").read_text())["attempts"]
+    assert [(a["id"], a["correct"]) for a in saved] == [
+        ("lp-trainable-count", False),
+        ("lp-trainable-count", True),
+    ]
+
+
+def test_widget_code_output_explain_and_recall(tmp_path):
+    progress = quiz.Progress(tmp_path / "p.json")
+    code = quiz.show(ids=["ql-memory-code"], progress=progress)
+    code.response.value = "3"
+    code.check_button.click()
+    assert "Not quite" in code.feedback.value
+    code.response.value = " 14 "
+    code.check_button.click()
+    assert "Correct: it prints 14." in code.feedback.value
+
+    exp = quiz.show(ids=["lb-explain"], progress=progress)
+    exp.response.value = "LoRA stands for low-rank adaptation. It trains all the weights."
+    exp.check_button.click()
+    assert "1/4 concepts." in exp.feedback.value
+    assert "Misconception: LoRA does not train all the weights" in exp.feedback.value
+    assert exp.result.score == 0.25
+
+    card = quiz.show(ids=["lb-acronym"], progress=progress)
+    assert card.solution.value == ""
+    card.reveal_button.click()
+    assert "Low-Rank Adaptation" in card.solution.value
+    card.knew_button.click()
+    assert card.result.correct is True
+    assert [a["id"] for a in progress.attempts] == [
+        "ql-memory-code",
+        "ql-memory-code",
+        "lb-explain",
+        "lb-acronym",
+    ]
+
+
+def test_widget_test_mode_scores_with_a_topic_breakdown(tmp_path):
+    session = quiz.take_test(seed=1, progress=tmp_path / "p.json")
+    assert len(session.views) == 10
+    expected = {}
+    for i, view in enumerate(session.views):
+        item = view.item
+        right = i % 3 != 0  # answer questions 0, 3, 6, 9 wrongly
+        if item.choices:
+            wrong = next(c.text for c in item.options() if c.text != item.answer)
+            view.choices.value = option_index(item, item.answer if right else wrong)
+        else:
+            view.response.value = item.answer if right else item.answer + "0"
+        session.next_button.click()
+        view.check_button.click()
+        assert view.check_button.disabled  # one answer per question in a test
+        cell = expected.setdefault(item.topic, [0, 0])
+        cell[0] += right
+        cell[1] += 1
+    session.finish_button.click()
+    report = session.report.value
+    assert "Score: 6/10 (60%)" in report
+    for topic, (c, n) in expected.items():
+        assert f"{topic:<14} {c}/{n}" in report
+    assert session.index == 9  # Next stops at the last question
+
+
+def test_a_test_mixes_difficulties_and_topics():
+    for seed in range(5):
+        items = quiz.pick_test(BANK, seed)
+        levels = [it.difficulty for it in items]
+        assert levels == ["easy"] * 3 + ["medium"] * 4 + ["hard"] * 3
+        assert len({it.topic for it in items}) == 6
+        assert len({it.id for it in items}) == 10
+        assert all(it.kind in quiz.SCORED_KINDS for it in items)
+    assert quiz.pick_test(BANK, 0) == quiz.pick_test(BANK, 0) != quiz.pick_test(BANK, 1)
+
+
+def test_study_mode_sessions_hold_the_right_items(tmp_path):
+    progress = tmp_path / "p.json"
+    cards = quiz.flashcards(progress=progress)
+    assert {v.item.kind for v in cards.views} == {"recall"}
+    assert len(cards.views) == len(BANK.select(kind="recall"))
+    assert {v.item.kind for v in quiz.explain(progress=progress).views} == {"explain"}
+    practice = quiz.practice("qlora", n=4, seed=2, progress=progress)
+    assert len(practice.views) == 4 and {v.item.topic for v in practice.views} == {"qlora"}
+    assert practice.text().endswith("python -m labkit.quiz qlora)")
+    hard = quiz.show(kind="choice", difficulty="hard", progress=progress)
+    assert {(v.item.kind, v.item.difficulty) for v in hard.views} == {("choice", "hard")}
+
+
+def test_lesson_quiz_and_show_are_seeded():
+    a, b = quiz.lesson_quiz("01"), quiz.lesson_quiz(1)
+    assert [v.item.id for v in a.views] == [v.item.id for v in b.views]
+    assert {v.item.topic for v in a.views} <= {"lora-basics", "lora-params"}
+    assert a.text() == b.text() and len(a.views) == 3
+    assert [v.item.difficulty for v in a.views] == ["easy", "medium", "hard"]
+    assert len(quiz.lesson_quiz("04", n=50).views) == len(BANK.select(topic="quantization"))
+    mixed = quiz.show(topic="lora-params", n=2, generated=2, seed=5)
+    assert [v.item.id for v in mixed.views][2:] == ["gen-lora-count-5", "gen-model-bytes-6"]
+    with pytest.raises(quiz.QuizError, match=r"no quiz for lesson '42'; lessons: 00, 01"):
+        quiz.lesson_quiz("42")
+    with pytest.raises(quiz.QuizError, match=r"no topic 'lora'; topics: benefits, lora-basics"):
+        quiz.show(topic="lora")
+    with pytest.raises(quiz.QuizError, match=r"no item with id 'nope'"):
+        quiz.show(ids=["nope"])
+
+
+# ---------------------------------------------------------------------- explain scoring
+
+EXPLAIN = BANK.by_id["lb-explain"]
+
+
+def explain(text):
+    return quiz.check(EXPLAIN, text).explain
+
+
+def test_explain_good_answer_in_other_words_scores_full():
+    res = explain(
+        "LoRA is short for Low-Rank Adaptations. You freeze the pretrained weights, and they "
+        "stay fixed during training. Instead you train two matrices, A and B. That way far "
+        "fewer weights need gradients and optimizer memory."
+    )
+    assert (res.hit, res.missed, res.misconceptions) == (
+        [c["name"] for c in EXPLAIN.concepts],
+        [],
+        [],
+    )
+    assert res.summary().startswith("4/4 concepts.") and res.passed
+
+
+def test_explain_terse_sentence_is_not_counted_and_the_feedback_says_why():
+    res = explain("LoRA is short for low-rank adaptation. Far fewer weights need gradients.")
+    assert res.hit == ["the name (low-rank adaptation)"]
+    assert "Sentence(s) 2 read like a list of terms" in res.summary()
+
+
+def test_explain_partial_answer_names_what_is_missing():
+    res = explain(
+        "It is a way to fine-tune where the original weights are frozen. The model "
+        "is then adapted with an adapter."
+    )
+    assert res.summary().splitlines()[0] == "2/4 concepts."
+    assert res.missed == ["the name (low-rank adaptation)", "far fewer trainable parameters"]
+    assert (
+        "Missed: the name (low-rank adaptation), far fewer trainable parameters." in res.summary()
+    )
+    assert not res.passed
+
+
+def test_explain_misconception_is_flagged_not_credited():
+    res = explain(
+        "Low-rank adaptation is a method that trains all the weights of the model "
+        "again. It is a new model built from scratch."
+    )
+    assert res.hit == ["the name (low-rank adaptation)"]
+    assert res.misconceptions == [m["message"] for m in EXPLAIN.misconceptions]
+    assert not res.passed
+
+
+def test_explain_negated_misconception_is_fine():
+    res = explain(
+        "LoRA does not train all the weights of the network. The pretrained weights stay frozen."
+    )
+    assert res.misconceptions == [] and res.hit == ["the base stays frozen"]
+
+
+def test_explain_keyword_salad_scores_nothing():
+    salad = (
+        "low-rank adaptation, frozen weights, small matrices, adapter, fewer parameters, "
+        "less memory, A and B"
+    )
+    res = explain(salad)
+    assert res.hit == [] and "Write whole sentences" in res.summary()
+    lines = explain(salad.replace(", ", "\n"))
+    assert lines.hit == []
+
+
+def test_explain_salad_with_negations_and_stuffed_sentences_get_no_full_credit():
+    both = explain(
+        "The pretrained weights are kept frozen. The pretrained weights are not "
+        "frozen. It uses small matrices and it does not use small matrices."
+    )
+    assert both.hit == []
+    assert "You both stated and denied 'the base stays frozen'" in both.summary()
+    stuffed = explain(
+        "It is the low-rank adaptation with the frozen weights, the small "
+        "matrices and the fewer parameters."
+    )
+    assert len(stuffed.hit) == 2 and "packs 4 key ideas; only 2 count" in stuffed.summary()
+
+
+def test_explain_word_forms():
+    from labkit.quiz_explain import stem, words
+
+    assert {stem(w) for w in ["train", "trains", "trained", "training"]} == {"train"}
+    assert stem("quantize") == stem("quantization") == stem("quantized") == "quantiz"
+    assert stem("freezes") == stem("freeze") == stem("freezing")
+    assert words("It doesn't FREEZE low-rank") == ["it", "does", "not", "freeze", "low", "rank"]
+
+
+# ----------------------------------------------------------------------------- progress
+
+
+def test_progress_survives_a_reload_and_summarises_per_topic(tmp_path):
+    path = tmp_path / "deep" / "progress.json"
+    p = quiz.Progress(path)
+    a, b = BANK.by_id["lp-trainable-count"], BANK.by_id["qz-why"]
+    p.record(a, quiz.check(a, "8,192"))
+    p.record(a, quiz.check(a, "16,384"))
+    p.record(b, quiz.check(b, "Each parameter is stored in fewer bits."))
+    p.record(b, quiz.Feedback(None, 0.0, "no answer"))  # not checked: not recorded
+    again = quiz.Progress(path)
+    assert again.attempts == p.attempts and len(again.attempts) == 3
+    assert again.summary() == {
+        "lora-params": {"attempts": 2, "correct": 1, "items": 1, "score": 1.0},
+        "quantization": {"attempts": 1, "correct": 1, "items": 1, "score": 1.0},
+    }
+    assert "lora-params           2        1      1   100%" in again.summary_text()
+    again.reset("quantization")
+    assert list(quiz.Progress(path).summary()) == ["lora-params"]
+    again.reset()
+    assert quiz.Progress(path).attempts == []
+
+
+def test_two_progress_objects_on_one_file_keep_each_others_attempts(tmp_path):
+    path = tmp_path / "progress.json"
+    first, second = quiz.Progress(path), quiz.Progress(path)
+    a, b = BANK.by_id["qz-why"], BANK.by_id["lb-goal"]
+    first.record(a, quiz.check(a, 0))
+    second.record(b, quiz.check(b, 0))
+    first.record(a, quiz.check(a, 1))
+    assert [x["id"] for x in quiz.Progress(path).attempts] == ["qz-why", "lb-goal", "qz-why"]
+
+
+def test_progress_path_from_argument_environment_or_user_dir(tmp_path, monkeypatch):
+    monkeypatch.setenv("LABKIT_PROGRESS", str(tmp_path / "env.json"))
+    assert quiz.progress_path() == tmp_path / "env.json"
+    assert quiz.progress_path(tmp_path / "arg.json") == tmp_path / "arg.json"
+    monkeypatch.delenv("LABKIT_PROGRESS")
+    import platformdirs
+
+    assert quiz.progress_path().parent == Path(
+        platformdirs.user_data_dir("labkit", appauthor=False)
+    )
+
+
+def test_progress_crash_mid_write_keeps_the_old_file(tmp_path, monkeypatch):
+    path = tmp_path / "progress.json"
+    item = BANK.by_id["qz-why"]
+    p = quiz.Progress(path)
+    p.record(item, quiz.check(item, 0))
+    before = path.read_text()
+
+    def crash(fd):
+        raise OSError("disk gone")
+
+    monkeypatch.setattr(quiz.os, "fsync", crash)
+    with pytest.raises(OSError, match="disk gone"):
+        p.record(item, quiz.check(item, 1))
+    assert path.read_text() == before
+    assert sorted(os.listdir(tmp_path)) == ["progress.json"]  # the temp file is cleaned up
+
+
+def test_progress_killed_process_mid_write_keeps_the_old_file(tmp_path):
+    """A process that dies between writing the temp file and renaming it (os._exit)."""
+    path = tmp_path / "progress.json"
+    item = BANK.by_id["qz-why"]
+    quiz.Progress(path).record(item, quiz.check(item, 0))
+    before = path.read_text()
+    script = textwrap.dedent(f"""
+        import os
+        from labkit import quiz
+        p = quiz.Progress({str(path)!r})
+        item = quiz.load_bank().by_id["qz-why"]
+        os.replace = lambda *a: os._exit(9)  # die before the new file takes the old one's place
+        p.record(item, quiz.check(item, 1))
+    """)
+    proc = subprocess.run([sys.executable, "-c", script], cwd=ROOT, capture_output=True)
+    assert proc.returncode == 9
+    assert path.read_text() == before
+    assert len(quiz.Progress(path).attempts) == 1
+
+
+def test_corrupt_progress_file_says_how_to_recover(tmp_path):
+    path = tmp_path / "progress.json"
+    path.write_text('{"attempts": [')
+    with pytest.raises(
+        quiz.QuizError,
+        match=r"progress file is not valid JSON .*; move it away or "
+        r"start over with `python -m labkit.quiz reset`",
+    ):
+        quiz.Progress(path)
+    out = io.StringIO()
+    assert quiz.main(["reset", "--progress", str(path)], stdout=out) == 0
+    assert quiz.Progress(path).attempts == []
+
+
+# ----------------------------------------------------------------------------- terminal
+
+
+def test_terminal_runs_a_whole_test_from_piped_input(tmp_path):
+    items = quiz.pick_test(BANK, 0)
+    lines = []
+    for i, item in enumerate(items):
+        if item.choices:
+            right = option_index(item, item.answer) + 1
+            lines.append(str(right if i != 4 else right % len(item.choices) + 1))
+        else:
+            lines.append(item.answer if i != 4 else "something else")
+    progress = tmp_path / "p.json"
+    proc = subprocess.run(
+        [sys.executable, "-m", "labkit.quiz", "test", "--seed", "0", "--progress", str(progress)],
+        input="\n".join(lines) + "\n",
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        timeout=60,
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stderr == ""
+    out = proc.stdout
+    assert out.count("--- Question ") == 10 and out.count("Correct") == 9
+    assert f"The answer: {items[4].answer}" in out
+    assert "Score: 9/10 (90%)" in out
+    saved = json.loads(progress.read_text())["attempts"]
+    assert [a["id"] for a in saved] == [it.id for it in items]
+    assert [a["mode"] for a in saved] == ["test"] * 10
+
+
+def test_terminal_practice_hints_retries_and_early_end(tmp_path):
+    seed = next(s for s in range(50) if quiz.pick(BANK, "lora-params", seed=s)[0].choices)
+    item = quiz.pick(BANK, "lora-params", seed=seed)[0]
+    right = option_index(item, item.answer) + 1
+    out = io.StringIO()
+    stdin = io.StringIO(f"h\nfive\n9\n{right}\n")  # then input ends during question 2
+    args = ["lora-params", "--seed", str(seed), "--n", "3", "--progress", str(tmp_path / "p.json")]
+    assert quiz.main(args, stdin=stdin, stdout=out) == 0
+    text = out.getvalue()
+    assert f"Hint: {item.hint}" in text
+    assert "Type a number from 1 to" in text and "Pick an option from 1 to" in text
+    assert "Correct." in text and "Solution:" in text
+    assert "--- Question 2 of 3 ---" in text and "(input ended)" in text
+    assert text.rstrip().endswith("Done: 1/1 right.")
+    assert [a["id"] for a in quiz.Progress(tmp_path / "p.json").attempts] == [item.id]
+
+
+def test_terminal_flashcards_explain_and_progress(tmp_path):
+    progress = str(tmp_path / "p.json")
+    out = io.StringIO()
+    quiz.main(
+        ["flashcards", "--n", "2", "--progress", progress],
+        stdin=io.StringIO("\ny\n\nn\n"),
+        stdout=out,
+    )
+    assert out.getvalue().count("Did you know it?") == 2 and "Done: 1/2 right." in out.getvalue()
+    out = io.StringIO()
+    answer = BANK.by_id["qz-explain"].answer
+    quiz.main(
+        ["explain", "--n", "1", "--seed", "0", "--progress", progress],
+        stdin=io.StringIO(answer + "\n\n"),
+        stdout=out,
+    )
+    assert "concepts." in out.getvalue()
+    out = io.StringIO()
+    quiz.main(["progress", "--progress", progress], stdout=out)
+    assert out.getvalue().splitlines()[0] == f"Progress file: {progress}"
+    assert out.getvalue().splitlines()[1].split() == [
+        "topic",
+        "attempts",
+        "correct",
+        "items",
+        "score",
+    ]
+
+
+def test_terminal_unknown_mode_is_an_error(tmp_path, capsys):
+    assert quiz.main(["lora", "--progress", str(tmp_path / "p.json")]) == 2
+    assert (
+        "error: unknown mode 'lora'; use a topic (benefits, lora-basics" in capsys.readouterr().err
+    )
+
+
+def test_terminal_hint_in_a_practice_item(tmp_path):
+    out = io.StringIO()
+    item = BANK.by_id["lp-fraction"]
+    term = quiz._Terminal(io.StringIO("h\n0.20%\n"), out, quiz.Progress(tmp_path / "p.json"))
+    fb = term.answer(item, "practice")
+    assert f"Hint: {item.hint}" in out.getvalue() and fb.correct is False
+    assert "Solution:" in out.getvalue()
+
+
+# -------------------------------------------------------------------------- light import
+
+
+def test_import_labkit_quiz_leaves_torch_out():
+    code = (
+        "import sys, labkit.quiz; bad = [m for m in ('torch', 'ipywidgets', 'bitsandbytes') "
+        "if m in sys.modules]; print(bad)"
+    )
+    proc = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True)
+    assert proc.stdout.strip() == "[]", proc.stderr
