@@ -105,3 +105,13 @@ def test_nbval_is_strict_with_timeout_and_sanitizer():
     sanitizer = next(a.split("=", 1)[1] for a in addopts if a.startswith("--nbval-sanitize-with"))
     assert (ROOT / sanitizer).is_file()
     assert "lessons" in opts["testpaths"]
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=[p.name for p in NOTEBOOKS])
+def test_lesson_ends_with_its_quiz(path):
+    nb = nbformat.read(path, as_version=4)
+    last = [c for c in nb.cells if c.cell_type == "code"][-1]
+    lesson = path.name[:2]
+    assert f'quiz.lesson_quiz("{lesson}"' in last.source, f"{path.name} must end with its quiz"
+    text = "".join(o.get("data", {}).get("text/plain", "") for o in last.outputs)
+    assert text.startswith(f"Lesson {lesson} quiz"), "the quiz's text fallback is stored"
