@@ -8,6 +8,8 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.labkit-installed
 LAB_ARGS ?=
+# The folder JupyterLab serves (tests point it at a temporary copy of the lessons).
+COURSE_DIR ?= lessons
 # Jupyter refuses to run as root unless told; containers and Colab often are root.
 ROOT_FLAG := $(if $(filter 0,$(shell id -u)),--allow-root)
 PYTEST_ARGS ?=
@@ -29,7 +31,7 @@ $(STAMP): pyproject.toml constraints.txt
 	@touch $(STAMP)
 
 lab: setup
-	$(BIN)/jupyter lab $(ROOT_FLAG) $(LAB_ARGS) lessons/00_welcome.ipynb
+	$(BIN)/jupyter lab $(ROOT_FLAG) --ServerApp.root_dir=$(COURSE_DIR) $(LAB_ARGS) $(COURSE_DIR)/00_welcome.ipynb
 
 test: setup
 	$(BIN)/python -m pytest $(PYTEST_ARGS)

@@ -234,8 +234,10 @@ def test_make_lab_serves_the_course(tmp_path):
         JUPYTER_CONFIG_DIR=str(tmp_path / "cfg"),
         JUPYTERLAB_WORKSPACES_DIR=str(tmp_path / "ws"),
     )
+    course = tmp_path / "course"  # a copy: the server must not touch the committed lessons
+    shutil.copytree(ROOT / "lessons", course)
     proc = subprocess.Popen(
-        ["make", "-s", "lab", f"LAB_ARGS={args}"],
+        ["make", "-s", "lab", f"LAB_ARGS={args}", f"COURSE_DIR={course}"],
         cwd=ROOT,
         env=env,
         stdout=subprocess.PIPE,
