@@ -8,8 +8,9 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.labkit-installed
 LAB_ARGS ?=
-# The folder JupyterLab serves (tests point it at a temporary copy of the lessons).
-COURSE_DIR ?= lessons
+# The folder JupyterLab serves: the learner's workspace, a git-ignored copy of the lessons made
+# from their student versions on first run (tests point it at a temporary copy instead).
+COURSE_DIR ?= workspace
 # Jupyter refuses to run as root unless told; containers and Colab often are root.
 ROOT_FLAG := $(if $(filter 0,$(shell id -u)),--allow-root)
 PYTEST_ARGS ?=
@@ -31,6 +32,7 @@ $(STAMP): pyproject.toml constraints.txt
 	@touch $(STAMP)
 
 lab: setup
+	@if [ "$(COURSE_DIR)" = "workspace" ]; then $(BIN)/python -m labkit.classroom workspace --dir workspace; fi
 	$(BIN)/jupyter lab $(ROOT_FLAG) --ServerApp.root_dir=$(COURSE_DIR) $(LAB_ARGS) $(COURSE_DIR)/00_welcome.ipynb
 
 test: setup
