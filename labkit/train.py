@@ -1,0 +1,346 @@
+"""One small training loop for every lesson, and exact-match evaluation.
+
+``train(model, task, ...)`` runs ``steps`` optimizer steps on freshly sampled batches of a
+task from :mod:`labkit.data`:
+
+    for step in 1..steps:
+        input_ids, labels = task.batch(batch_size, rng=stream)   # seeded stream
+        loss = cross_entropy(model(input_ids), labels)          # answer tokens only
+        loss.backward(); clip_grad_norm_(trainable, grad_clip); optimizer.step()
+        every eval_every steps: exact-match accuracy by greedy generation
+
+Only parameters with ``requires_grad=True`` reach the optimizer (and the clipping), so a
+LoRA model whose base is frozen trains its adapters only, and the optimizer holds state for
+them alone. Optimizers are chosen by name from :data:`OPTIMIZERS` (``"adamw"``, ``"sgd"``; add
+more with :func:`register_optimizer`) or passed as a factory
+``factory(params, lr=..., weight_decay=...) -> torch.optim.Optimizer``.
+
+Determinism: the batches come from ``random.Random`` seeded by ``seed``, the loop does
+nothing random in torch, so the same model, seed and thread count give the same history
+on a CPU (lessons fix the threads with :func:`labkit.env.seed_everything`).
+
+Precision: ``dtype=torch.bfloat16`` (or ``float16`` on CUDA, with loss scaling) runs the
+forward pass under ``torch.autocast``; the parameters and optimizer state keep their own
+dtype (fp32 unless you cast the model). ``None`` or ``float32`` trains in plain fp32.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import random
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from labkit import _deps  # noqa: F401  (one clear line when torch is missing)
+
+# isort: split
+import torch
+import torch.nn.functional as F
+
+from labkit.data import IGNORE_INDEX, TOKENIZER, Task, get_task
+from labkit.generate import greedy
+
+#: Seed of the default evaluation sample; training streams are seeded separately, so the
+#: evaluation words are (up to chance collisions of short words) unseen in training.
+EVAL_SEED = 10_000
+
+OptimizerFactory = Callable[..., torch.optim.Optimizer]
+
+
+def _adamw(params, lr: float, weight_decay: float) -> torch.optim.Optimizer:
+    return torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay)
+
+
+def _sgd(params, lr: float, weight_decay: float) -> torch.optim.Optimizer:
+    return torch.optim.SGD(params, lr=lr, momentum=0.9, weight_decay=weight_decay)
+
+
+#: Optimizer factories by name: ``factory(params, lr=, weight_decay=) -> Optimizer``.
+OPTIMIZERS: dict[str, OptimizerFactory] = {"adamw": _adamw, "sgd": _sgd}
+
+
+# --- bitsandbytes optimizers (QLoRA's GPU path; owned by the QLoRA issue) -----------------
+_SAID_FALLBACK: set[str] = set()
+
+
+def _bnb_optimizer(name: str, cls_name: str) -> OptimizerFactory:
+    """A factory for ``bitsandbytes.optim.<cls_name>`` on CUDA, torch's AdamW elsewhere.
+
+    Paged AdamW keeps its state in CUDA unified memory, which the driver pages out to CPU
+    RAM when the GPU runs short (QLoRA, section 3); 8-bit AdamW stores the two moments in
+    8 bits. Neither buys anything on the CPU, so there the same code gets torch's AdamW and
+    says so once per process.
+    """
+
+    def factory(params, lr: float, weight_decay: float) -> torch.optim.Optimizer:
+        params = list(params)
+        if params and params[0].device.type == "cuda":
+            from labkit._deps import import_bnb
+
+            return getattr(import_bnb().optim, cls_name)(params, lr=lr, weight_decay=weight_decay)
+        if name not in _SAID_FALLBACK:
+            _SAID_FALLBACK.add(name)
+            import warnings
+
+            warnings.warn(f"optimizer {name!r} needs a CUDA GPU (bitsandbytes {cls_name}); on "
+                          f"the {params[0].device.type if params else 'cpu'} it is torch's "
+                          "AdamW instead (same algorithm, 32-bit state)", UserWarning, stacklevel=3)
+        return torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay)
+
+    return factory
+
+
+OPTIMIZERS["paged_adamw"] = _bnb_optimizer("paged_adamw", "PagedAdamW")
+OPTIMIZERS["adamw8bit"] = _bnb_optimizer("adamw8bit", "AdamW8bit")
+
+
+def register_optimizer(name: str, factory: OptimizerFactory, overwrite: bool = False) -> None:
+    """Make ``train(..., optimizer=name)`` use ``factory`` (e.g. bitsandbytes' paged AdamW).
+
+    Raises:
+        ValueError: ``name`` is taken and ``overwrite`` is False.
+    """
+    if name in OPTIMIZERS and not overwrite:
+        raise ValueError(f"optimizer {name!r} is already registered; pass overwrite=True")
+    if not callable(factory):
+        raise TypeError(f"factory must be callable, got {type(factory).__name__}")
+    OPTIMIZERS[name] = factory
+
+
+def trainable_parameters(model: torch.nn.Module) -> list[torch.nn.Parameter]:
+    """The parameters that will train: those with ``requires_grad=True``."""
+    return [p for p in model.parameters() if p.requires_grad]
+
+
+def make_optimizer(model: torch.nn.Module, optimizer: str | OptimizerFactory = "adamw",
+                   lr: float = 1e-3, weight_decay: float = 0.0) -> torch.optim.Optimizer:
+    """Build an optimizer over the trainable parameters only.
+
+    Raises:
+        ValueError: nothing is trainable, or an unknown optimizer name (lists the known).
+    """
+    params = trainable_parameters(model)
+    if not params:
+        raise ValueError(
+            "the model has no trainable parameters (every requires_grad is False); unfreeze "
+            "some, or add LoRA adapters, before training"
+        )
+    if isinstance(optimizer, str):
+        if optimizer not in OPTIMIZERS:
+            raise ValueError(
+                f"unknown optimizer {optimizer!r}; known: {', '.join(OPTIMIZERS)} "
+                "(or pass a factory(params, lr=, weight_decay=))"
+            )
+        factory = OPTIMIZERS[optimizer]
+    elif callable(optimizer):
+        factory = optimizer
+    else:
+        raise TypeError(f"optimizer must be a name or a factory, got {type(optimizer).__name__}")
+    return factory(params, lr=lr, weight_decay=weight_decay)
+
+
+def _autocast(device: torch.device, dtype: torch.dtype | None):
+    if dtype is None or dtype == torch.float32:
+        return contextlib.nullcontext()
+    if dtype == torch.float16 and device.type != "cuda":
+        raise ValueError("float16 training needs a CUDA GPU; on the CPU use torch.bfloat16")
+    if dtype not in (torch.bfloat16, torch.float16):
+        raise ValueError(f"dtype must be None, float32, bfloat16 or float16, got {dtype}")
+    return torch.autocast(device_type=device.type, dtype=dtype)
+
+
+def lm_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """Mean cross-entropy over the positions whose label is not ``IGNORE_INDEX``.
+
+    logits (B, T, V), labels (B, T) -> scalar. Computed in fp32 whatever the logits' dtype.
+    """
+    return F.cross_entropy(logits.float().flatten(0, 1), labels.flatten(),
+                           ignore_index=IGNORE_INDEX)
+
+
+@torch.no_grad()
+def evaluate(model: torch.nn.Module, task: str | Task, n: int = 200, seed: int = EVAL_SEED,
+             dtype: torch.dtype | None = None, return_outputs: bool = False):
+    """Exact-match accuracy of greedy generation on ``n`` fresh examples of ``task``.
+
+    An example counts only if the generated text up to ``<eos>`` equals the answer and the
+    model did write ``<eos>`` (within answer length + 1 tokens).
+
+    Returns:
+        accuracy in [0, 1]; with ``return_outputs``, ``(accuracy, rows)`` where rows are
+        ``(prompt, answer, generated)`` strings.
+    """
+    task = get_task(task)
+    pairs = task.sample(n, seed)
+    prompts = [TOKENIZER.encode(p, bos=True) for p, _ in pairs]
+    device = next(model.parameters()).device
+    with _autocast(device, dtype):
+        outs = greedy(model, prompts, max_new_tokens=task.max_answer_len)
+    rows, correct = [], 0
+    for (p, a), toks in zip(pairs, outs, strict=True):
+        ok = toks == TOKENIZER.encode(a, eos=True)  # ids compared: unused ids just fail
+        correct += ok
+        if return_outputs:
+            rows.append((p, a, _safe_decode(toks)))
+    acc = correct / n
+    return (acc, rows) if return_outputs else acc
+
+
+def _safe_decode(toks: list[int]) -> str:
+    return "".join(TOKENIZER.decode([t], skip_special=False) if t < 3 or 32 <= t < 127 else "?"
+                   for t in toks)
+
+
+@dataclass
+class History:
+    """What :func:`train` did, ready to plot: ``plt.plot(h.step, h.loss)``,
+    ``plt.plot(h.eval_step, h.eval_acc["shift"])``. ``h["loss"]`` works too."""
+
+    task: str
+    step: list[int] = field(default_factory=list)
+    loss: list[float] = field(default_factory=list)
+    lr: list[float] = field(default_factory=list)
+    eval_step: list[int] = field(default_factory=list)
+    eval_acc: dict[str, list[float]] = field(default_factory=dict)
+    eval_time_s: list[float] = field(default_factory=list)  # seconds since start
+    wall_s: float = 0.0
+    stopped_early: bool = False
+
+    def __getitem__(self, key: str):
+        return getattr(self, key)
+
+    @property
+    def acc(self) -> list[float]:
+        """Evaluation accuracies on the training task."""
+        return self.eval_acc.get(self.task, [])
+
+    @property
+    def final_acc(self) -> float | None:
+        return self.acc[-1] if self.acc else None
+
+    def to_dict(self) -> dict:
+        return {k: getattr(self, k) for k in self.__dataclass_fields__}
+
+
+def train(model: torch.nn.Module, task: str | Task, steps: int = 200, lr: float = 3e-3,
+          batch_size: int = 64, eval_every: int | None = None, eval_n: int = 200,
+          eval_seed: int = EVAL_SEED, eval_tasks: list[str | Task] | None = None,
+          seed: int = 0, progress: bool = True, optimizer: str | OptimizerFactory = "adamw",
+          weight_decay: float = 0.0, grad_clip: float | None = 1.0, warmup_steps: int = 0,
+          schedule: str = "constant", stop_at: float | None = None,
+          device: str | torch.device | None = None, dtype: torch.dtype | None = None
+          ) -> History:
+    """Train ``model`` on ``task`` and return its :class:`History`.
+
+    Args:
+        model: any module mapping (B, T) ids to (B, T, V) logits; trained in place.
+        task: a :class:`labkit.data.Task` or its name.
+        steps: optimizer steps (one fresh batch each).
+        lr: peak learning rate.
+        batch_size: examples per step.
+        eval_every: evaluate every this many steps, and at step 0 and the last step;
+            ``None`` evaluates only after the last step.
+        eval_n, eval_seed: size and seed of the evaluation sample (the same each time).
+        eval_tasks: tasks to evaluate besides ``task`` (e.g. the pretraining task, to
+            watch forgetting); the training task is always evaluated.
+        seed: seeds the batch stream (and torch's RNG).
+        progress: show a tqdm progress bar.
+        optimizer: a name in :data:`OPTIMIZERS` or a factory ``(params, lr=, weight_decay=)``.
+        weight_decay: decoupled weight decay (AdamW) / L2 (SGD).
+        grad_clip: max global grad norm over trainable parameters; ``None`` turns it off.
+        warmup_steps: linear warm-up from 0 to ``lr``.
+        schedule: ``"constant"`` or ``"cosine"`` (decay to 0 at the last step).
+        stop_at: stop after the evaluation that first reaches this accuracy on ``task``.
+        device: move the model there first; ``None`` keeps it where it is.
+        dtype: autocast compute dtype (``torch.bfloat16``; ``float16`` on CUDA only).
+
+    Raises:
+        ValueError: bad numbers, unknown task / optimizer / schedule, nothing trainable.
+    """
+    task = get_task(task)
+    for name, v in (("steps", steps), ("batch_size", batch_size), ("eval_n", eval_n)):
+        if not isinstance(v, int) or isinstance(v, bool) or v < 1:
+            raise ValueError(f"{name} must be a positive int, got {v!r}")
+    if eval_every is not None and (not isinstance(eval_every, int) or eval_every < 1):
+        raise ValueError(f"eval_every must be a positive int or None, got {eval_every!r}")
+    if not (isinstance(lr, int | float) and lr > 0 and math.isfinite(lr)):
+        raise ValueError(f"lr must be a positive number, got {lr!r}")
+    if schedule not in ("constant", "cosine"):
+        raise ValueError(f"schedule must be 'constant' or 'cosine', got {schedule!r}")
+    if not isinstance(seed, int) or isinstance(seed, bool) or seed < 0:
+        raise ValueError(f"seed must be a non-negative int, got {seed!r}")
+    tasks = [task] + [t for t in map(get_task, eval_tasks or []) if t.name != task.name]
+
+    if device is not None:
+        model.to(device)
+    device = next(model.parameters()).device
+    opt = make_optimizer(model, optimizer, lr=lr, weight_decay=weight_decay)
+    params = trainable_parameters(model)
+    _autocast(device, dtype)  # validate dtype before the first step
+    scaler = torch.amp.GradScaler("cuda") if dtype == torch.float16 else None
+
+    def lr_at(step: int) -> float:  # step is 1-based
+        if step <= warmup_steps:
+            return lr * step / warmup_steps
+        if schedule == "cosine":
+            frac = (step - warmup_steps) / max(1, steps - warmup_steps)
+            return lr * 0.5 * (1 + math.cos(math.pi * frac))
+        return lr
+
+    torch.manual_seed(seed)
+    stream = random.Random(f"train/{task.name}/{seed}")
+    hist = History(task=task.name, eval_acc={t.name: [] for t in tasks})
+    t0 = time.perf_counter()
+
+    def run_eval(step: int) -> float:
+        for t in tasks:
+            hist.eval_acc[t.name].append(evaluate(model, t, n=eval_n, seed=eval_seed, dtype=dtype))
+        hist.eval_step.append(step)
+        hist.eval_time_s.append(time.perf_counter() - t0)
+        return hist.eval_acc[task.name][-1]
+
+    from tqdm.auto import tqdm
+
+    bar = tqdm(range(1, steps + 1), disable=not progress, desc=f"train {task.name}", leave=False)
+    if eval_every is not None:
+        run_eval(0)
+    model.train()
+    for step in bar:
+        cur_lr = lr_at(step)
+        for g in opt.param_groups:
+            g["lr"] = cur_lr
+        ids, labels = task.batch(batch_size, rng=stream)
+        ids, labels = ids.to(device), labels.to(device)
+        with _autocast(device, dtype):
+            logits = model(ids)
+        loss = lm_loss(logits, labels)
+        opt.zero_grad(set_to_none=True)
+        if scaler is not None:
+            scaler.scale(loss).backward()
+            scaler.unscale_(opt)
+        else:
+            loss.backward()
+        if grad_clip is not None:
+            torch.nn.utils.clip_grad_norm_(params, grad_clip)
+        if scaler is not None:
+            scaler.step(opt)
+            scaler.update()
+        else:
+            opt.step()
+        hist.step.append(step)
+        hist.loss.append(loss.item())
+        hist.lr.append(cur_lr)
+        last = step == steps
+        if (eval_every is not None and step % eval_every == 0) or last:
+            acc = run_eval(step)
+            model.train()
+            bar.set_postfix(loss=f"{loss.item():.3f}", acc=f"{acc:.0%}")
+            if stop_at is not None and acc >= stop_at:
+                hist.stopped_early = not last
+                break
+    bar.close()
+    model.eval()
+    hist.wall_s = time.perf_counter() - t0
+    return hist
