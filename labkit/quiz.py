@@ -817,6 +817,13 @@ class ItemView:
         if mode == "test":
             buttons = [self.check_button]  # no hints or solutions during a test
         self.box = W.VBox(body + [W.HBox(buttons), self.feedback, self.hint, self.solution])
+        # stable CSS class names: the browser tests (tests/test_e2e_browser.py) find parts by them
+        parts = dict(item=self.box, prompt=body[0], choices=self.choices, check=self.check_button)
+        parts.update(feedback=self.feedback, hint=self.hint, solution=self.solution)
+        parts.update({"hint-button": self.hint_button, "solution-button": self.solution_button})
+        for name, w in parts.items():
+            if w is not None:
+                w.add_class(f"labkit-quiz-{name}")
 
     def current_response(self):
         if self.choices is not None:
@@ -891,6 +898,8 @@ class Session:
                 self.report,
             ]
         )
+        for name, w in (("session", self.box), ("next", self.next_button)):
+            w.add_class(f"labkit-quiz-{name}")
         self.go(0)
 
     def go(self, index: int) -> None:

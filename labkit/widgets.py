@@ -98,3 +98,119 @@ class RankExplorer(Explorer):
 def rank_explorer(d: int = 4096, k: int = 4096, r: int = 8) -> RankExplorer:
     """An explorer of LoRA's parameter count for one layer (lesson 01)."""
     return RankExplorer(d, k, r)
+
+
+# --- lesson 06: the memory calculator ---------------------------------------------------
+
+#: What each method of the calculator means (passed to :func:`labkit.memory.estimate`):
+#: 16-bit weights and compute, AdamW; full fine-tuning keeps fp32 moments (12 B/param
+#: before activations); LoRA and QLoRA put bf16 adapters on every linear layer of the
+#: blocks (QLoRA paper); QLoRA stores the base in NF4 + double quantization and uses
+#: paged AdamW (counted on the GPU: the worst case).
+CALC_METHODS = {
+    "full": dict(method="full", weight_dtype="bf16", state_dtype="fp32", optimizer="adamw"),
+    "LoRA": dict(method="lora", weight_dtype="bf16", adapter_dtype="bf16", optimizer="adamw",
+                 targets="all-linear"),
+    "QLoRA": dict(method="qlora", weight_dtype="nf4", compute_dtype="bf16",
+                  adapter_dtype="bf16", optimizer="paged_adamw", targets="all-linear"),
+}
+CALC_MODELS = ("llama-2-7b", "llama-3-8b", "llama-2-13b", "llama-1-33b", "llama-1-65b",
+               "llama-2-70b", "tinyllama-1.1b", "mistral-7b")
+
+
+def memory_numbers(model: str = "llama-2-7b", method: str = "QLoRA", r: int = 16,
+                   batch: int = 1, seq_len: int = 512, checkpointing: bool = True,
+                   device: str = "16 GB T4") -> dict:
+    """The numbers the memory calculator shows: breakdown, total, fit, dominant part.
+
+    Returns:
+        ``{"parts": {component: GB}, "total": GB, "device_gb": GB, "fits": bool,
+        "spare": GB (negative when it does not fit), "dominant": component}``, GB = 10^9 B.
+
+    Raises:
+        ValueError: unknown model, method or device; bad numbers (from the estimator).
+    """
+    from labkit import memory, plots
+
+    if method not in CALC_METHODS:
+        raise ValueError(f"unknown method {method!r}; use one of {', '.join(CALC_METHODS)}")
+    if device not in plots.DEVICES:
+        raise ValueError(f"unknown device {device!r}; use one of {', '.join(plots.DEVICES)}")
+    est = memory.estimate(model, batch=batch, seq_len=seq_len, r=r,
+                          gradient_checkpointing=checkpointing, **CALC_METHODS[method])
+    gb = plots.DEVICES[device]
+    parts = {k: v / memory.GB for k, v in est.stack().items()}
+    total = est.total / memory.GB
+    return {"parts": parts, "total": total, "device_gb": gb, "fits": memory.fits(est, gb),
+            "spare": gb - total, "dominant": memory.dominant(est)}
+
+
+class MemoryCalculator(Explorer):
+    """Will it fit? Model, method, rank, batch, sequence length, checkpointing and device."""
+
+    def __init__(self, model: str = "llama-2-7b", method: str = "QLoRA", r: int = 16,
+                 batch: int = 1, seq_len: int = 512, checkpointing: bool = True,
+                 device: str = "16 GB T4"):
+        from labkit import plots
+
+        memory_numbers(model, method, r, batch, seq_len, checkpointing, device)  # validate
+        self.model = W.Dropdown(options=list(dict.fromkeys((model, *CALC_MODELS))),
+                                value=model, description="model")
+        self.method = W.ToggleButtons(options=list(CALC_METHODS), value=method,
+                                      description="method")
+        ranks = sorted({1, 2, 4, 8, 16, 32, 64, 128, 256, r})
+        self.r = W.SelectionSlider(options=ranks, value=r, description="rank r")
+        self.batch = W.IntSlider(value=batch, min=1, max=max(64, batch), description="batch")
+        lens = sorted({128, 256, 512, 1024, 2048, 4096, seq_len})
+        self.seq_len = W.SelectionSlider(options=lens, value=seq_len, description="seq len")
+        self.checkpointing = W.Checkbox(value=checkpointing, description="checkpointing")
+        self.device = W.Dropdown(options=list(plots.DEVICES), value=device,
+                                 description="device")
+        self.out = W.HTML()
+        controls = [self.model, self.method, self.r, self.batch, self.seq_len,
+                    self.checkpointing, self.device]
+        for c in controls:
+            c.observe(self._update, names="value")
+        self.box = W.VBox([W.HBox(controls[:2]), W.HBox(controls[2:5]),
+                           W.HBox(controls[5:]), self.out])
+        self._update()
+
+    def _numbers(self) -> dict:
+        return memory_numbers(self.model.value, self.method.value, self.r.value,
+                              self.batch.value, self.seq_len.value, self.checkpointing.value,
+                              self.device.value)
+
+    def text(self) -> str:
+        n = self._numbers()
+        m = self.method.value
+        rank = f", r={self.r.value}" if m != "full" else ""
+        lines = [f"{self.model.value}, {m}{rank}, batch {self.batch.value} x "
+                 f"{self.seq_len.value} tokens, checkpointing "
+                 f"{'on' if self.checkpointing.value else 'off'}"]
+        lines += [f"  {k:<12}{v:9.2f} GB" for k, v in n["parts"].items()]
+        lines.append(f"  {'total':<12}{n['total']:9.2f} GB")
+        verdict = (f"fits the {self.device.value} ({n['spare']:.1f} GB to spare)" if n["fits"]
+                   else f"does NOT fit the {self.device.value} ({-n['spare']:.1f} GB short)")
+        lines.append(f"  -> {verdict}; largest part: {n['dominant']}")
+        return "\n".join(lines)
+
+    def _update(self, *_):
+        from labkit import plots
+
+        n = self._numbers()
+        scale = max(n["total"], n["device_gb"])
+        segs = "".join(
+            f"<div title='{k}' style='width:{100 * v / scale:.2f}%;background:"
+            f"{plots.COLORS[k]};height:14px;display:inline-block'></div>"
+            for k, v in n["parts"].items())
+        self.out.value = (
+            f"<pre>{html.escape(self.text())}</pre>"
+            f"<div style='width:480px;position:relative;white-space:nowrap'>{segs}"
+            f"<div style='position:absolute;left:{100 * n['device_gb'] / scale:.2f}%;top:-3px;"
+            f"width:2px;height:20px;background:black'></div></div>"
+            f"<small>weights, gradients, optimizer, activations; black line: the device</small>")
+
+
+def memory_calculator(**kwargs) -> MemoryCalculator:
+    """The "will it fit?" calculator of lesson 06 (arguments as :func:`memory_numbers`)."""
+    return MemoryCalculator(**kwargs)

@@ -7,6 +7,9 @@ from pathlib import Path
 # Nothing in the test suite may reach a model hub; set before transformers/peft import.
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+# Before torch is imported (here and in nbval kernels, which inherit it): idle OpenMP threads
+# sleep instead of spinning, which keeps a busy 2-core machine from slowing torch 10x.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 ROOT = Path(__file__).resolve().parent.parent
 LESSONS = ROOT / "lessons"

@@ -78,3 +78,221 @@ def test_style_does_not_leak():
     before = dict(matplotlib.rcParams)
     plots.bars({"a": 1}, "x", "t")
     assert matplotlib.rcParams["axes.spines.top"] == before["axes.spines.top"]
+
+
+# --- lesson 04: quantization ---
+
+
+def test_quant_levels_draws_the_histogram_and_each_distinct_level():
+    values = np.array([-1.0, -0.5, -0.5, 0.0, 0.25, 0.9, 1.0])
+    levels = {"nf4": [-1.0, -0.25, 0.0, 0.5, 1.0], "int4": [0.0, 0.0, -1.0, 1.0]}  # two zeros
+    fig = plots.quant_levels(values, levels, bins=4)
+    axes = [ax for ax in fig.axes if ax.get_ylabel() == "count"]
+    assert len(axes) == 2
+    for ax, code in zip(axes, levels.values(), strict=True):
+        xs = [ln.get_xdata()[0] for ln in ax.get_lines()]
+        assert xs == sorted(set(code))
+        counts = [p.get_height() for p in ax.patches]
+        assert counts == list(np.histogram(values, bins=4, range=(-1, 1))[0])
+    assert axes[0].get_lines()[0].get_color() == plots.COLORS["nf4"]
+    assert axes[1].get_title(loc="left") == "INT4: 3 distinct levels"
+    with pytest.raises(ValueError, match="levels is empty"):
+        plots.quant_levels(values, {})
+
+
+def test_quant_errors_bars_equal_inputs_grouped_by_format():
+    errors = {"normal": {"nf4": 9.2, "fp4": 12.2, "int4+dq": 10.8},
+              "weights": {"nf4": 9.3, "fp4": 12.3, "int4+dq": 10.7}}
+    spread = {"normal": {"nf4": 0.1, "fp4": 0.2, "int4+dq": 0.3}}  # no bars for "weights"
+    fig = plots.quant_errors(errors, spread)
+    ax = fig.axes[0]
+    bars = sorted(ax.patches, key=lambda p: p.get_x())
+    assert [p.get_height() for p in bars] == [9.2, 12.2, 10.8, 9.3, 12.3, 10.7]
+    assert [p.get_hatch() for p in bars[:3]] == [None, None, "//"]  # +dq is hatched
+    lengths = sorted(seg[1][1] - seg[0][1] for c in ax.collections for seg in c.get_segments())
+    assert lengths == pytest.approx([0.2, 0.4, 0.6])  # 2 x spread, for "normal" only
+    colors = [matplotlib.colors.to_hex(p.get_facecolor()) for p in bars[:3]]
+    assert colors == [plots.COLORS["nf4"].lower(), plots.COLORS["fp4"].lower(),
+                      plots.COLORS["int4"].lower()]  # "int4+dq" takes int4's colour
+    assert sorted(t.get_text() for t in ax.texts) == sorted(
+        ["9.2", "12.2", "10.8", "9.3", "12.3", "10.7"])
+    assert [t.get_text() for t in ax.get_xticklabels()] == ["normal", "weights"]
+    baseline = plots.quant_errors({"loss": {"fp32": 2.5, "nf4": 3.0}}).axes[0].patches[0]
+    assert matplotlib.colors.to_hex(baseline.get_facecolor()) == plots.COLORS["base"].lower()
+
+
+def test_quant_errors_refuses_mismatched_groups():
+    with pytest.raises(ValueError, match=r"errors\['b'\] has formats \['fp4'\]"):
+        plots.quant_errors({"a": {"nf4": 1.0}, "b": {"fp4": 1.0}})
+    with pytest.raises(ValueError, match=r"spread\['a'\] must name a group of errors"):
+        plots.quant_errors({"a": {"nf4": 1.0}}, spread={"a": {"fp4": 0.1}})
+    with pytest.raises(ValueError, match="errors is empty"):
+        plots.quant_errors({})
+
+
+# --- lesson 06: memory --------------------------------------------------------------------
+
+
+def _gb(w, g, o, a):
+    return {"weights": w, "gradients": g, "optimizer": o, "activations": a}
+
+
+def test_memory_stack_bars_stack_the_components_and_mark_devices():
+    data = {"full": {"7B": _gb(13.5, 13.5, 54.0, 3.7), "13B": _gb(26.0, 26.0, 104.0, 5.8)},
+            "QLoRA": {"7B": _gb(3.9, 0.08, 0.16, 0.5), "13B": _gb(7.0, 0.1, 0.25, 0.8)}}
+    fig = plots.memory_stack(data)
+    ax_full, ax_q = fig.axes[:2]
+    assert ax_full.get_title() == "full" and ax_q.get_title() == "QLoRA"
+    rects = [p for p in ax_q.patches]
+    assert len(rects) == 2 * 4  # two models, four components
+    # the 7B bar: each component starts where the previous one ended
+    bar7 = sorted((r for r in rects if abs(r.get_x() + r.get_width() / 2) < 1e-9),
+                  key=lambda r: r.get_y())
+    assert [round(r.get_height(), 6) for r in bar7] == [3.9, 0.08, 0.16, 0.5]
+    assert bar7[-1].get_y() + bar7[-1].get_height() == pytest.approx(4.64)
+    # device lines: QLoRA panel tops at 7.0+...=8.15 * 1.12, so only the 8 GB line shows
+    q_lines = [ln.get_ydata()[0] for ln in ax_q.get_lines()]
+    assert q_lines == [8]
+    full_lines = sorted(ln.get_ydata()[0] for ln in ax_full.get_lines())
+    assert full_lines == [8, 16, 24, 48, 80]
+    assert len(_png(fig)) > 1000
+
+
+def test_bytes_per_param_totals():
+    rows = {"full fp32 + AdamW": _gb(4, 4, 8, 0), "QLoRA": _gb(0.52, 0.01, 0.02, 0)}
+    fig = plots.bytes_per_param(rows)
+    ax = fig.axes[0]
+    widths = [round(p.get_width(), 6) for p in ax.patches]
+    assert sorted(widths) == sorted([4, 4, 8, 0, 0.52, 0.01, 0.02, 0])
+    texts = [t.get_text() for t in ax.texts]
+    assert "16.00 B" in texts and "0.55 B" in texts
+
+
+@pytest.mark.parametrize("call, msg", [
+    (lambda: plots.memory_stack({}), "data is empty"),
+    (lambda: plots.memory_stack({"full": {"7B": {"weight": 1}}}), "unknown memory component"),
+    (lambda: plots.bytes_per_param({"x": {"grads": 1}}), "unknown memory component"),
+])
+def test_memory_plots_bad_input(call, msg):
+    with pytest.raises(ValueError, match=msg):
+        call()
+
+
+def test_memory_stack_skips_crowded_device_labels():
+    fig = plots.memory_stack({"full": {"65B": _gb(130, 130, 520, 1)}})
+    ax = fig.axes[0]
+    assert len(ax.get_lines()) == 5  # every device line is drawn
+    labels = [t.get_text() for t in ax.texts if "GB" in t.get_text()]
+    assert labels == ["8 GB laptop", "48 GB"]  # 16 and 24 sit on the 8 GB label; 80 on 48
+
+
+# --- lesson 01 / 02 figures ---------------------------------------------------------------
+
+
+def test_energy_curves_are_cumulative_energy_of_sorted_values():
+    fig = plots.energy_curves({"low": [1.0, 3.0], "flat": [1.0, 1.0, 1.0, 1.0]}, mark=(1, 2),
+                              colors={"flat": plots.COLORS["base"]})
+    ax = fig.axes[0]
+    low, flat = [ln for ln in ax.get_lines() if ln.get_label() in ("low", "flat")]
+    np.testing.assert_allclose(low.get_ydata(), [90.0, 100.0])  # 9 / 10, sorted first
+    np.testing.assert_allclose(flat.get_ydata(), [25, 50, 75, 100])
+    assert flat.get_color() == plots.COLORS["base"]
+    marks = [ln for ln in ax.get_lines() if ln.get_linestyle() == ":"]
+    assert sorted(ln.get_xdata()[0] for ln in marks) == [1, 2]
+    assert _png(fig)[:4] == b"\x89PNG"
+
+
+def test_energy_curves_bad_input():
+    with pytest.raises(ValueError, match="spectra is empty"):
+        plots.energy_curves({})
+    with pytest.raises(ValueError, match=r"spectra\['x'\] is empty"):
+        plots.energy_curves({"x": []})
+
+
+def test_update_norms_draw_one_line_per_rule():
+    fig = plots.update_norms([1, 4, 16], {"alpha / r": [1.0, 0.5, 0.25],
+                                          "alpha / sqrt(r)": [1.0, 1.0, 1.0]})
+    ax = fig.axes[0]
+    lines = {ln.get_label(): ln for ln in ax.get_lines()}
+    np.testing.assert_allclose(lines["alpha / r"].get_ydata(), [1.0, 0.5, 0.25])
+    np.testing.assert_allclose(lines["alpha / sqrt(r)"].get_xdata(), [1, 4, 16])
+    assert ax.get_yscale() == "log"
+
+
+def test_update_norms_needs_one_norm_per_rank():
+    with pytest.raises(ValueError, match="one norm per rank"):
+        plots.update_norms([1, 2], {"a": [1.0]})
+
+
+# --- lesson 05: QLoRA ----------------------------------------------------------------------
+
+
+def test_bits_per_weight_draws_curves_limits_and_points():
+    sizes = [64 * 64, 1024 * 1024]
+    fig = plots.bits_per_weight({"NF4 + DQ": (sizes, [5.1, 4.13])}, limits={"limit": 4.127},
+                                points={"q_proj": (16384, 4.66)})
+    ax = fig.axes[0]
+    lines = ax.get_lines()
+    assert list(lines[0].get_xdata()) == sizes and list(lines[0].get_ydata()) == [5.1, 4.13]
+    assert lines[1].get_ydata()[0] == 4.127  # the dashed limit
+    assert list(lines[2].get_xdata()) == [16384] and list(lines[2].get_ydata()) == [4.66]
+    assert ax.get_xscale() == "log"
+    assert {t.get_text() for t in ax.texts} == {"limit: 4.127", "q_proj"}
+    assert len(_png(fig)) > 1000
+
+
+@pytest.mark.parametrize("call, msg", [
+    (lambda: plots.bits_per_weight({}), "curves is empty"),
+    (lambda: plots.bits_per_weight({"a": ([1, 2], [4.0])}), "2 sizes but 1 values"),
+])
+def test_bits_per_weight_bad_input(call, msg):
+    with pytest.raises(ValueError, match=msg):
+        call()
+
+
+# --- lesson 03: fine-tuning ---------------------------------------------------------------
+
+
+def test_rank_sweep_plots_params_against_accuracy_with_rank_labels():
+    res = {"q,v": {1: (896, 0.0), 4: (3584, 40.0)},
+           "all linear": {4: (16384, 98.0), 1: (4096, 20.0)}}
+    fig = plots.rank_sweep(res, full=(328320, 99.0))
+    ax = fig.axes[0]
+    lines = {ln.get_label(): ln for ln in ax.get_lines()}
+    np.testing.assert_array_equal(lines["q,v"].get_xdata(), [896, 3584])
+    np.testing.assert_array_equal(lines["all linear"].get_xdata(), [4096, 16384])  # by rank
+    np.testing.assert_array_equal(lines["all linear"].get_ydata(), [20.0, 98.0])
+    np.testing.assert_array_equal(lines["full fine-tuning"].get_xdata(), [328320])
+    assert lines["full fine-tuning"].get_color() == plots.COLORS["full"]
+    assert sorted(t.get_text() for t in ax.texts) == ["r=1", "r=1", "r=4", "r=4"]
+    assert ax.get_xscale() == "log"
+    assert _png(fig)[:4] == b"\x89PNG"
+
+
+def test_rank_sweep_error_bars_and_bad_spread():
+    res = {"q,v": {1: (896, 10.0), 4: (3584, 40.0)}}
+    fig = plots.rank_sweep(res, spread={"q,v": {1: 5.0, 4: 12.0}})
+    ax = fig.axes[0]
+    # errorbar draws one vertical segment per point, from y - sd to y + sd
+    segs = ax.collections[0].get_segments()
+    np.testing.assert_allclose([s[:, 1] for s in segs], [[5.0, 15.0], [28.0, 52.0]])
+    with pytest.raises(ValueError, match=r"spread\['q,v'\] must give one value per rank"):
+        plots.rank_sweep(res, spread={"q,v": {1: 5.0}})
+    with pytest.raises(ValueError, match="results is empty"):
+        plots.rank_sweep({})
+
+
+def test_lr_sweep_marks_the_best_lr_in_the_method_colour():
+    res = {"full fine-tuning": {1e-2: 0.0, 1e-3: 99.0, 3e-4: 60.0},
+           "LoRA r=16": {1e-3: 10.0, 1e-2: 97.0, 3e-3: 90.0}}
+    fig = plots.lr_sweep(res)
+    ax = fig.axes[0]
+    lines = ax.get_lines()
+    full, full_best, lora, lora_best = lines
+    np.testing.assert_allclose(full.get_xdata(), [3e-4, 1e-3, 1e-2])  # sorted by lr
+    np.testing.assert_allclose(full.get_ydata(), [60.0, 99.0, 0.0])
+    assert (full_best.get_xdata()[0], full_best.get_ydata()[0]) == (1e-3, 99.0)
+    assert (lora_best.get_xdata()[0], lora_best.get_ydata()[0]) == (1e-2, 97.0)
+    assert full.get_color() == plots.COLORS["full"] and lora.get_color() == plots.COLORS["lora"]
+    with pytest.raises(ValueError, match="learning rate <= 0"):
+        plots.lr_sweep({"LoRA": {0.0: 1.0}})

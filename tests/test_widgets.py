@@ -39,3 +39,49 @@ def test_rank_explorer_follows_the_sliders():
     ex.d.value = 64
     ex.r.value = 256  # above min(d, k): shown clipped to 64, never an error in the widget
     assert "rank 64" in ex.text()
+
+
+# --- lesson 06: the memory calculator -------------------------------------------------------
+
+
+def test_memory_numbers_match_the_estimator():
+    from labkit import memory
+
+    n = widgets.memory_numbers("llama-2-7b", "QLoRA", r=16, batch=1, seq_len=512,
+                               checkpointing=True, device="16 GB T4")
+    est = memory.estimate("llama-2-7b", batch=1, seq_len=512, r=16,
+                          gradient_checkpointing=True, **widgets.CALC_METHODS["QLoRA"])
+    assert n["total"] == pytest.approx(est.total / 1e9)
+    assert sum(n["parts"].values()) == pytest.approx(n["total"])
+    assert n["fits"] and n["spare"] == pytest.approx(16 - n["total"])
+    assert n["dominant"] == "weights"
+    full = widgets.memory_numbers("llama-2-7b", "full", device="80 GB")
+    assert full["dominant"] == "optimizer"  # 8 of the 12 bytes per parameter
+    assert not widgets.memory_numbers("llama-2-7b", "full", device="8 GB laptop")["fits"]
+
+
+@pytest.mark.parametrize("kwargs, msg", [
+    ({"method": "prompt"}, "unknown method 'prompt'"),
+    ({"device": "4 GB"}, "unknown device '4 GB'"),
+    ({"batch": 0}, "batch must be a positive int"),
+    ({"model": "gpt-5"}, "unknown model config 'gpt-5'"),
+])
+def test_memory_numbers_bad_input(kwargs, msg):
+    with pytest.raises(ValueError, match=msg):
+        widgets.memory_numbers(**kwargs)
+
+
+def test_memory_calculator_bundle_and_controls():
+    ex = widgets.memory_calculator()
+    bundle = ex._repr_mimebundle_()
+    data = bundle[0] if isinstance(bundle, tuple) else bundle
+    assert "application/vnd.jupyter.widget-view+json" in data
+    assert data["text/plain"].startswith("llama-2-7b, QLoRA, r=16, batch 1 x 512 tokens")
+    assert "fits the 16 GB T4" in data["text/plain"]
+    ex.method.value = "full"
+    assert "does NOT fit the 16 GB T4" in ex.text() and "largest part: optimizer" in ex.text()
+    assert "does NOT fit" in ex.out.value
+    ex.model.value = "llama-1-65b"
+    ex.method.value = "QLoRA"
+    ex.device.value = "48 GB"
+    assert "fits the 48 GB" in ex.text()
