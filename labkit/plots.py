@@ -62,9 +62,21 @@ _RC = {
 
 @contextmanager
 def course_style():
-    """Apply the course's rcParams inside a ``with`` block (and nowhere else)."""
-    with plt.rc_context(_RC):
-        yield
+    """Apply the course's rcParams inside a ``with`` block (and nowhere else).
+
+    One setting must survive the block: Jupyter's inline backend switches matplotlib to
+    interactive mode when the first figure is drawn, which here happens inside the block;
+    ``rc_context`` would then restore "not interactive" on exit and every later figure of
+    the lesson would silently not show. So the interactive flag is carried out of the block.
+    """
+    try:
+        with plt.rc_context(_RC):
+            try:
+                yield
+            finally:
+                interactive = matplotlib.is_interactive()
+    finally:
+        matplotlib.interactive(interactive)
 
 
 def _new(nrows: int = 1, ncols: int = 1, **kw):

@@ -296,3 +296,15 @@ def test_lr_sweep_marks_the_best_lr_in_the_method_colour():
     assert full.get_color() == plots.COLORS["full"] and lora.get_color() == plots.COLORS["lora"]
     with pytest.raises(ValueError, match="learning rate <= 0"):
         plots.lr_sweep({"LoRA": {0.0: 1.0}})
+
+
+def test_course_style_keeps_interactive_mode_switched_on_inside():
+    """The inline backend turns interactive mode on at the first figure; it must stick."""
+    was = matplotlib.is_interactive()
+    try:
+        matplotlib.interactive(False)
+        with plots.course_style():
+            matplotlib.interactive(True)  # what the inline backend does on first draw
+        assert matplotlib.is_interactive()
+    finally:
+        matplotlib.interactive(was)
