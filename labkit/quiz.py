@@ -898,7 +898,11 @@ class Session:
                 self.report,
             ]
         )
-        for name, w in (("session", self.box), ("next", self.next_button)):
+        for name, w in (
+            ("session", self.box),
+            ("position", self.position),
+            ("next", self.next_button),
+        ):
             w.add_class(f"labkit-quiz-{name}")
         self.go(0)
 

@@ -1,14 +1,10 @@
 """The frame of the course: light imports, clear errors, pins that agree, JupyterLab starts."""
 
 import importlib.metadata as md
-import os
 import re
 import shutil
-import signal
-import socket
 import subprocess
 import sys
-import time
 import urllib.request
 from pathlib import Path
 
@@ -215,58 +211,21 @@ def test_ruff_clean():
 # --- the run command -----------------------------------------------------------------------
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def test_make_lab_serves_the_course(tmp_path):
     """`make lab` (the README's run command) starts JupyterLab; its API answers 200."""
-    port, token = _free_port(), "labkit-test-token"
-    args = (
-        f"--no-browser --port={port} --ip=127.0.0.1 --IdentityProvider.token={token} "
-        f"--ServerApp.open_browser=False"
-    )
-    env = dict(
-        os.environ,
-        JUPYTER_RUNTIME_DIR=str(tmp_path / "rt"),
-        JUPYTER_CONFIG_DIR=str(tmp_path / "cfg"),
-        JUPYTERLAB_WORKSPACES_DIR=str(tmp_path / "ws"),
-    )
+    from lab_server import start_lab  # the launcher tests/test_e2e_browser.py uses too
+
     course = tmp_path / "course"  # a copy: the server must not touch the committed lessons
     shutil.copytree(ROOT / "lessons", course)
-    proc = subprocess.Popen(
-        ["make", "-s", "lab", f"LAB_ARGS={args}", f"COURSE_DIR={course}"],
-        cwd=ROOT,
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-        start_new_session=True,
-    )
+    server = start_lab(course, tmp_path / "state", timeout=90)
     try:
-        status = None
-        deadline = time.monotonic() + 90
-        while time.monotonic() < deadline and proc.poll() is None:
-            try:
-                url = f"http://127.0.0.1:{port}/api/contents?token={token}"
-                with urllib.request.urlopen(url, timeout=5) as resp:
-                    status, body = resp.status, resp.read().decode()
-                    break
-            except OSError:
-                time.sleep(0.5)
-        assert status == 200, f"JupyterLab did not answer; exit code {proc.poll()}"
-        assert "00_welcome.ipynb" in body
+        status, body = server.api("contents")
+        assert status == 200
+        assert "00_welcome.ipynb" in [entry["name"] for entry in body["content"]]
         with pytest.raises(urllib.error.HTTPError, match="403"):
-            urllib.request.urlopen(f"http://127.0.0.1:{port}/api/contents?token=wrong", timeout=5)
+            urllib.request.urlopen(f"{server.url}/api/contents?token=wrong", timeout=5)
     finally:
-        os.killpg(proc.pid, signal.SIGTERM)
-        try:
-            proc.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-    out = proc.stdout.read()
+        out = server.stop()
     assert re.search(r"Jupyter ?Server .* is running", out) or "http://127.0.0.1" in out, out[
         -2000:
     ]
