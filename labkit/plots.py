@@ -609,6 +609,9 @@ def lr_sweep(
             best = max(lrs, key=lambda lr: by_lr[lr])  # ties: the smallest such lr
             ax.plot([best], [by_lr[best]], marker="*", ms=14, ls="none", color=color)
         ax.set_xscale("log")
+        ticks = sorted({lr for by_lr in results.values() for lr in by_lr})
+        ax.set_xticks(ticks, [f"{lr:g}" for lr in ticks])
+        ax.minorticks_off()
         ax.set_xlabel("learning rate (log scale)")
         ax.set_ylabel(ylabel)
         ax.set_ylim(-5, 110)

@@ -294,6 +294,7 @@ def test_lr_sweep_marks_the_best_lr_in_the_method_colour():
     assert (full_best.get_xdata()[0], full_best.get_ydata()[0]) == (1e-3, 99.0)
     assert (lora_best.get_xdata()[0], lora_best.get_ydata()[0]) == (1e-2, 97.0)
     assert full.get_color() == plots.COLORS["full"] and lora.get_color() == plots.COLORS["lora"]
+    assert [t.get_text() for t in ax.get_xticklabels()] == ["0.0003", "0.001", "0.003", "0.01"]
     with pytest.raises(ValueError, match="learning rate <= 0"):
         plots.lr_sweep({"LoRA": {0.0: 1.0}})
 
