@@ -1,0 +1,223 @@
+"""GPU check: QLoRA fine-tuning with labkit and with PEFT + bitsandbytes, same settings.
+
+For two models, the shipped pretrained one and a bigger labkit model (about 280M parameters,
+random init, built straight on the GPU in bf16), each contender quantizes the same seven
+linear targets to NF4 with double quantization, adds rank-8 adapters starting from the same
+values, and trains the same batches with paged AdamW in bf16 compute. Printed per model:
+
+* step time, labkit over PEFT (wall clock, CUDA-synchronised);
+* peak ``torch.cuda.max_memory_allocated`` during training, beside labkit's estimate. Until
+  ``labkit.memory`` exists the estimate is analytic and counts what can be counted exactly
+  from the model: base weights (4-bit codes + quantization state + float layers, as
+  ``labkit.qlora.base_weight_nbytes``), adapters, their gradients and AdamW's two moments.
+  Activations and kernel workspaces are not in it; the gap is printed;
+* correctness: the two contenders' losses step by step (they run the same maths in bf16,
+  so they agree to bf16 rounding), and no NaN. For the small model labkit's reference
+  4-bit back end (pure PyTorch, on the GPU too) runs as a third contender.
+
+    python benchmarks/gpu_check.py             # on a CUDA GPU: well under 5 minutes
+    python benchmarks/gpu_check.py --dry-run   # anywhere, tiny sizes, seconds (a test runs it)
+
+Only torch, bitsandbytes, peft, transformers and labkit are needed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import gc
+import math
+import os
+import random
+import statistics
+import sys
+import time
+import warnings
+from pathlib import Path
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+import torch  # noqa: E402
+
+from labkit import _deps, models, qlora, train  # noqa: E402
+from labkit import lora as L  # noqa: E402
+from labkit.data import get_task  # noqa: E402
+from labkit.env import pick_device, seed_everything  # noqa: E402
+
+warnings.filterwarnings("ignore", message="`is_gradient_checkpointing`", category=FutureWarning)
+
+TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
+R = 8
+MB = 2**20
+
+
+def big_config(dry: bool) -> models.ModelConfig:
+    tiny = models.get_config("tiny")
+    if dry:
+        return tiny.replace(hidden_size=192, intermediate_size=512, n_layers=2, n_heads=6,
+                            n_kv_heads=2, name="big-dry")
+    # 24 x (4.2M attention + 8.7M MLP) + head: about 280M parameters
+    return tiny.replace(hidden_size=1024, intermediate_size=2816, n_layers=24, n_heads=16,
+                        n_kv_heads=8, max_seq_len=64, name="big-280m")
+
+
+def make_base(name: str, device: torch.device, dry: bool) -> torch.nn.Module:
+    if name == "pretrained":
+        return models.load_pretrained(device=device).model
+    seed_everything(0)
+    dtype = torch.bfloat16 if device.type == "cuda" else None  # what one loads to quantize
+    return models.build(big_config(dry), device=device, dtype=dtype)
+
+
+def peft_init(base: torch.nn.Module) -> dict[str, torch.Tensor]:
+    """Adapter values both sides start from: PEFT's initialisation, seeded."""
+    from peft import LoraConfig, get_peft_model
+
+    torch.manual_seed(1)
+    pm = get_peft_model(copy.deepcopy(base), LoraConfig(r=R, lora_alpha=2 * R,
+                                                        target_modules=TARGETS))
+    return {k.removeprefix("base_model.model."): v.detach().clone()
+            for k, v in pm.state_dict().items() if ".lora_" in k}
+
+
+def build(contender: str, base: torch.nn.Module, init: dict, compute_dtype, checkpointing):
+    if contender == "peft":
+        from peft import LoraConfig, get_peft_model
+
+        m = copy.deepcopy(base)
+        qlora.quantize_model(m, TARGETS, backend="bnb", compute_dtype=compute_dtype)
+        m.is_loaded_in_4bit = True  # as transformers marks it: PEFT uses its bnb layers
+        if checkpointing:
+            qlora.enable_gradient_checkpointing(m)
+        m = get_peft_model(m, LoraConfig(r=R, lora_alpha=2 * R, target_modules=TARGETS))
+        qlora.disable_cpu_inference_repack(m)
+        with torch.no_grad():
+            state = dict(m.named_parameters())
+            for k, v in init.items():
+                state["base_model.model." + k].copy_(v)
+        return m
+    m = copy.deepcopy(base)
+    backend = "labkit" if contender == "labkit-ref" else "auto"
+    qlora.prepare_qlora(m, TARGETS, r=R, alpha=2 * R, backend=backend,
+                        compute_dtype=compute_dtype, gradient_checkpointing=checkpointing)
+    with torch.no_grad():
+        for k, p in L.get_adapter_params(m).items():
+            p.copy_(init[k])
+    return m
+
+
+def estimate_bytes(model: torch.nn.Module) -> int:
+    """Weights-only analytic estimate: base weights + adapters + their grads + AdamW state."""
+    trainable = sum(p.numel() * p.element_size() for p in model.parameters() if p.requires_grad)
+    return qlora.base_weight_nbytes(model) + trainable * (1 + 1 + 2)
+
+
+def run(model, batches, device, dtype) -> dict:
+    opt = train.make_optimizer(model, "paged_adamw", lr=1e-3)
+    model.train()
+    losses, times = [], []
+    cuda = device.type == "cuda"
+    if cuda:
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats()
+    for ids, labels in batches:
+        t0 = time.perf_counter()
+        with torch.autocast(device.type, dtype=dtype, enabled=dtype != torch.float32):
+            logits = model(ids)
+        loss = train.lm_loss(logits, labels)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        if cuda:
+            torch.cuda.synchronize()
+        times.append(time.perf_counter() - t0)
+        losses.append(loss.item())
+    peak = torch.cuda.max_memory_allocated() if cuda else None
+    return {"losses": losses, "times": times, "peak": peak, "estimate": estimate_bytes(model)}
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--dry-run", action="store_true",
+                    help="tiny sizes on whatever device is here (the CPU in the test suite)")
+    ap.add_argument("--steps", type=int, default=None, help="timed steps per contender")
+    ap.add_argument("--batch", type=int, default=None)
+    ap.add_argument("--checkpointing", action="store_true", help="gradient checkpointing")
+    args = ap.parse_args(argv)
+
+    device = torch.device("cpu") if args.dry_run else pick_device()
+    if device.type != "cuda" and not args.dry_run:
+        print("no CUDA GPU here: run with --dry-run for the CPU smoke test")
+        return 2
+    seed_everything(0)
+    _deps.import_bnb()  # peft imports bitsandbytes; keep its import log quiet
+    compute_dtype = qlora.resolve_compute_dtype(None, device)
+    dtype = compute_dtype  # autocast dtype of the rest of the model
+    steps = args.steps or (2 if args.dry_run else 20)
+    warm = 0 if args.dry_run else 3
+    batch = args.batch or (4 if args.dry_run else 32)
+    if device.type == "cuda":
+        print(f"device: {torch.cuda.get_device_name(0)}, torch {torch.__version__}, "
+              f"compute {compute_dtype}")
+    else:
+        print(f"device: {device} (dry run), compute {compute_dtype}")
+    task = get_task("shift")
+    stream = random.Random(0)
+    data = [tuple(t.to(device) for t in task.batch(batch, rng=stream))
+            for _ in range(max(warm, steps))]
+
+    ok = True
+    rows = []
+    for model_name in ("pretrained", "big"):
+        base = make_base(model_name, device, args.dry_run)
+        n_params = sum(p.numel() for p in base.parameters())
+        init = peft_init(base)
+        contenders = ["labkit", "peft"] + (["labkit-ref"] if model_name == "pretrained" else [])
+        res = {}
+        for c in contenders:
+            if warm:  # warm-up (kernels, allocator, paging) on a throwaway copy
+                run(build(c, base, init, compute_dtype, args.checkpointing), data[:warm],
+                    device, dtype)
+            m = build(c, base, init, compute_dtype, args.checkpointing)
+            res[c] = run(m, data[:steps], device, dtype)
+            del m
+            gc.collect()
+            if device.type == "cuda":
+                torch.cuda.empty_cache()
+        del base
+        ref = res["peft"]
+        for c, r in res.items():
+            gap = max(abs(a - b) for a, b in zip(r["losses"], ref["losses"], strict=True))
+            scale = max(abs(b) for b in ref["losses"])
+            finite = all(math.isfinite(v) for v in r["losses"])
+            # bf16 rounds to ~3 significant digits; losses of the same maths stay within 2 %
+            agree = gap <= 0.02 * scale if dtype != torch.float32 else gap <= 1e-4 * scale
+            ok &= finite and agree
+            step_ms = 1e3 * statistics.median(r["times"])
+            ref_ms = 1e3 * statistics.median(ref["times"])
+            rows.append((model_name, n_params, c, step_ms, step_ms / ref_ms, r["peak"],
+                         r["estimate"], r["losses"][-1], gap, finite and agree))
+
+    print(f"QLoRA NF4 + double quant, r={R} on {', '.join(TARGETS)}; paged AdamW; batch "
+          f"{batch}; {steps} steps after {warm} warm-up steps; median step time")
+    head = (f"{'model':<10} {'params':>12} {'contender':<11} {'step ms':>8} {'/ PEFT':>7} "
+            f"{'peak MB':>8} {'est. MB':>8} {'last loss':>9} {'max|dloss|':>10}  ok")
+    print(head)
+    print("-" * len(head))
+    for name, n, c, ms, rat, peak, est, loss, gap, good in rows:
+        peak_s = f"{peak / MB:8.1f}" if peak is not None else f"{'n/a':>8}"
+        print(f"{name:<10} {n:>12,d} {c:<11} {ms:>8.1f} {rat:>7.2f} {peak_s} {est / MB:>8.1f} "
+              f"{loss:>9.4f} {gap:>10.2e}  {'yes' if good else 'NO'}")
+    print("est. MB: weights-only analytic estimate (base weights + adapters + adapter grads + "
+          "AdamW state; no activations) until labkit.memory lands")
+    if args.dry_run:
+        print("dry run OK" if ok else "dry run FAILED")
+    else:
+        print("all checks passed" if ok else "CHECKS FAILED")
+    return 0 if ok else 1
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
