@@ -58,6 +58,9 @@ def execute(path: Path, timeout: int = 600) -> float:
             nb,
             timeout=timeout,
             kernel_name="python3",
+            # wait for late outputs (a figure) even on a busy machine; the 4 s default can
+            # silently drop them
+            iopub_timeout=60,
             resources={"metadata": {"path": str(path.parent)}},
         )
         t0 = time.perf_counter()
