@@ -6,11 +6,11 @@ linear targets to NF4 with double quantization, adds rank-8 adapters starting fr
 values, and trains the same batches with paged AdamW in bf16 compute. Printed per model:
 
 * step time, labkit over PEFT (wall clock, CUDA-synchronised);
-* peak ``torch.cuda.max_memory_allocated`` during training, beside labkit's estimate. Until
-  ``labkit.memory`` exists the estimate is analytic and counts what can be counted exactly
-  from the model: base weights (4-bit codes + quantization state + float layers, as
-  ``labkit.qlora.base_weight_nbytes``), adapters, their gradients and AdamW's two moments.
-  Activations and kernel workspaces are not in it; the gap is printed;
+* peak ``torch.cuda.max_memory_allocated`` during training, beside labkit's estimate of the
+  same step, ``labkit.memory.estimate`` (4-bit base with its quantization state, float
+  layers in the compute dtype, fp32 adapters, their gradients, paged AdamW's moments and
+  the activations autograd saves). CUDA context, kernel workspaces and allocator caching
+  are not in the estimate, so the peak is expected above it;
 * correctness: the two contenders' losses step by step (they run the same maths in bf16,
   so they agree to bf16 rounding), and no NaN. For the small model labkit's reference
   4-bit back end (pure PyTorch, on the GPU too) runs as a third contender.
@@ -41,7 +41,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import torch  # noqa: E402
 
-from labkit import _deps, models, qlora, train  # noqa: E402
+from labkit import _deps, memory, models, qlora, train  # noqa: E402
 from labkit import lora as L  # noqa: E402
 from labkit.data import get_task  # noqa: E402
 from labkit.env import pick_device, seed_everything  # noqa: E402
@@ -108,13 +108,18 @@ def build(contender: str, base: torch.nn.Module, init: dict, compute_dtype, chec
     return m
 
 
-def estimate_bytes(model: torch.nn.Module) -> int:
-    """Weights-only analytic estimate: base weights + adapters + their grads + AdamW state."""
-    trainable = sum(p.numel() * p.element_size() for p in model.parameters() if p.requires_grad)
-    return qlora.base_weight_nbytes(model) + trainable * (1 + 1 + 2)
+def estimate_bytes(model: torch.nn.Module, batch_shape: tuple[int, int], dtype: torch.dtype,
+                   checkpointing: bool) -> int:
+    """labkit's estimate of one QLoRA step of this model: ``labkit.memory.estimate``."""
+    names = {torch.float32: "fp32", torch.bfloat16: "bf16", torch.float16: "fp16"}
+    b, t = batch_shape
+    est = memory.estimate(model.config, "qlora", batch=b, seq_len=t, compute_dtype=names[dtype],
+                          optimizer="paged_adamw", r=R, targets=TARGETS,
+                          gradient_checkpointing=checkpointing)
+    return est.total
 
 
-def run(model, batches, device, dtype) -> dict:
+def run(model, batches, device, dtype, checkpointing=False) -> dict:
     opt = train.make_optimizer(model, "paged_adamw", lr=1e-3)
     model.train()
     losses, times = [], []
@@ -135,7 +140,8 @@ def run(model, batches, device, dtype) -> dict:
         times.append(time.perf_counter() - t0)
         losses.append(loss.item())
     peak = torch.cuda.max_memory_allocated() if cuda else None
-    return {"losses": losses, "times": times, "peak": peak, "estimate": estimate_bytes(model)}
+    est = estimate_bytes(model, tuple(batches[0][0].shape), dtype, checkpointing)
+    return {"losses": losses, "times": times, "peak": peak, "estimate": est}
 
 
 def main(argv=None) -> int:
@@ -181,7 +187,7 @@ def main(argv=None) -> int:
                 run(build(c, base, init, compute_dtype, args.checkpointing), data[:warm],
                     device, dtype)
             m = build(c, base, init, compute_dtype, args.checkpointing)
-            res[c] = run(m, data[:steps], device, dtype)
+            res[c] = run(m, data[:steps], device, dtype, args.checkpointing)
             del m
             gc.collect()
             if device.type == "cuda":
@@ -210,8 +216,8 @@ def main(argv=None) -> int:
         peak_s = f"{peak / MB:8.1f}" if peak is not None else f"{'n/a':>8}"
         print(f"{name:<10} {n:>12,d} {c:<11} {ms:>8.1f} {rat:>7.2f} {peak_s} {est / MB:>8.1f} "
               f"{loss:>9.4f} {gap:>10.2e}  {'yes' if good else 'NO'}")
-    print("est. MB: weights-only analytic estimate (base weights + adapters + adapter grads + "
-          "AdamW state; no activations) until labkit.memory lands")
+    print("est. MB: labkit.memory.estimate of the same step (weights, quantization state, "
+          "grads, optimizer, saved activations; no CUDA context or allocator cache)")
     if args.dry_run:
         print("dry run OK" if ok else "dry run FAILED")
     else:
