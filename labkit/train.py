@@ -22,16 +22,37 @@ on a CPU (lessons fix the threads with :func:`labkit.env.seed_everything`).
 Precision: ``dtype=torch.bfloat16`` (or ``float16`` on CUDA, with loss scaling) runs the
 forward pass under ``torch.autocast``; the parameters and optimizer state keep their own
 dtype (fp32 unless you cast the model). ``None`` or ``float32`` trains in plain fp32.
+
+Checkpoint and resume: with ``checkpoint_dir`` and ``checkpoint_every=k`` the loop writes,
+after every k-th step (and the last), the whole state that the next step depends on:
+
+    state.safetensors   param/<name>        trainable parameters (adapters, or all)
+                        optim/<i>/<key>     optimizer state tensors (AdamW's m, v, step)
+                        rng/torch           torch's CPU generator state (dropout)
+    state.json          step, the batch stream's random.Random state, history so far,
+                        the optimizer's param_groups and a fingerprint of the run
+
+``train(..., resume=True)`` loads it and continues from step + 1. Step t+1 is a function
+of (theta_t, optimizer state_t, stream state_t, torch RNG_t), all restored exactly, so the
+resumed run follows the identical trajectory (bitwise on a CPU with fixed threads).
+No pickles: tensors in safetensors, everything else JSON.
+
+Testing hook: the environment variable ``LABKIT_FAIL_AT_STEP=N`` makes the loop raise a
+RuntimeError at the start of step N (before its batch is drawn), an injected fault to test
+that a resumed run ends where an uninterrupted one ends.
 """
 
 from __future__ import annotations
 
 import contextlib
+import json
 import math
+import os
 import random
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from labkit import _deps  # noqa: F401  (one clear line when torch is missing)
 
@@ -224,14 +245,152 @@ class History:
         return {k: getattr(self, k) for k in self.__dataclass_fields__}
 
 
+# --- checkpoint and resume ----------------------------------------------------------------
+#: Environment variable of the fault-injection testing hook (see the module docstring).
+FAIL_ENV = "LABKIT_FAIL_AT_STEP"
+CKPT_TENSORS, CKPT_JSON = "state.safetensors", "state.json"
+
+
+def _fail_at() -> int | None:
+    raw = os.environ.get(FAIL_ENV)
+    if raw is None or raw == "":
+        return None
+    try:
+        return int(raw)
+    except ValueError:
+        raise ValueError(f"{FAIL_ENV} must be an integer step, got {raw!r}") from None
+
+
+def _named_trainable(model: torch.nn.Module) -> list[tuple[str, torch.nn.Parameter]]:
+    """Trainable parameters by name, DDP's ``module.`` wrapper looked through, so that a
+    checkpoint written under torchrun resumes in one process and the other way round."""
+    if isinstance(model, torch.nn.parallel.DistributedDataParallel):
+        model = model.module
+    return [(n, p) for n, p in model.named_parameters() if p.requires_grad]
+
+
+def _distributed() -> bool:
+    return torch.distributed.is_available() and torch.distributed.is_initialized()
+
+
+def _fingerprint(model: torch.nn.Module, task: Task, opt: torch.optim.Optimizer,
+                 batch_size: int, seed: int) -> dict:
+    """What must agree between the run that saved a checkpoint and the run resuming it."""
+    return {"task": task.name, "batch_size": batch_size, "seed": seed,
+            "optimizer": type(opt).__name__,
+            "trainable": {n: list(p.shape) for n, p in _named_trainable(model)}}
+
+
+def _split_optimizer_state(opt: torch.optim.Optimizer) -> tuple[dict, dict]:
+    """Optimizer ``state_dict`` -> (tensors for safetensors, the rest for JSON)."""
+    sd = opt.state_dict()
+    tensors, scalars = {}, {}
+    for i, st in sd["state"].items():
+        for k, v in st.items():
+            if torch.is_tensor(v):
+                tensors[f"optim/{i}/{k}"] = v.detach().contiguous().cpu()
+            else:
+                scalars.setdefault(str(i), {})[k] = v
+    return tensors, {"param_groups": sd["param_groups"], "scalars": scalars}
+
+
+def save_checkpoint(directory: str | Path, model: torch.nn.Module, opt: torch.optim.Optimizer,
+                    step: int, stream: random.Random, hist: History, fingerprint: dict) -> Path:
+    """Write the training state after ``step`` to ``directory`` (two files, written atomically).
+
+    Under torch.distributed (DDP) only rank 0 writes (the replicas are identical), and every
+    rank waits at a barrier until it has, so no rank can read a half-replaced checkpoint.
+    The torch RNG state saved is rank 0's: with dropout and unequal shard shapes the other
+    ranks' generators differ from it, and such a resume is not bitwise (dropout 0 is).
+
+    Returns:
+        the directory.
+    """
+    d = Path(directory)
+    if not _distributed() or torch.distributed.get_rank() == 0:
+        _write_checkpoint(d, model, opt, step, stream, hist, fingerprint)
+    if _distributed():
+        torch.distributed.barrier()
+    return d
+
+
+def _write_checkpoint(d: Path, model, opt, step, stream, hist, fingerprint) -> None:
+    from safetensors.torch import save_file
+
+    d.mkdir(parents=True, exist_ok=True)
+    tensors = {f"param/{n}": p.detach().contiguous().cpu() for n, p in _named_trainable(model)}
+    opt_tensors, opt_json = _split_optimizer_state(opt)
+    tensors.update(opt_tensors)
+    tensors["rng/torch"] = torch.get_rng_state()
+    version, internal, gauss = stream.getstate()
+    meta = {"step": step, "fingerprint": fingerprint, "optimizer": opt_json,
+            "stream_state": [version, list(internal), gauss], "history": hist.to_dict()}
+    # write both to temporaries, then rename: a crash mid-save leaves the old checkpoint whole
+    save_file(tensors, str(d / (CKPT_TENSORS + ".tmp")))
+    (d / (CKPT_JSON + ".tmp")).write_text(json.dumps(meta))
+    os.replace(d / (CKPT_TENSORS + ".tmp"), d / CKPT_TENSORS)
+    os.replace(d / (CKPT_JSON + ".tmp"), d / CKPT_JSON)
+
+
+def load_checkpoint(directory: str | Path, model: torch.nn.Module, opt: torch.optim.Optimizer,
+                    stream: random.Random, fingerprint: dict) -> tuple[int, History]:
+    """Restore what :func:`save_checkpoint` wrote; returns ``(step, history)``.
+
+    Raises:
+        FileNotFoundError: no checkpoint in ``directory``.
+        ValueError: the checkpoint belongs to another run (task, batch size, seed, optimizer
+            or trainable parameter names / shapes differ); the message lists the differences.
+    """
+    from safetensors.torch import load_file
+
+    d = Path(directory)
+    if not (d / CKPT_JSON).is_file() or not (d / CKPT_TENSORS).is_file():
+        raise FileNotFoundError(f"no checkpoint in {str(d)!r} (expected {CKPT_JSON} and "
+                                f"{CKPT_TENSORS}); train once with checkpoint_dir= and "
+                                "checkpoint_every= first, or pass resume=False")
+    meta = json.loads((d / CKPT_JSON).read_text())
+    saved = meta["fingerprint"]
+    diffs = [f"{k}: checkpoint {saved.get(k)!r} vs this run {fingerprint[k]!r}"
+             for k in fingerprint if k != "trainable" and saved.get(k) != fingerprint[k]]
+    if saved.get("trainable") != fingerprint["trainable"]:
+        a, b = saved.get("trainable", {}), fingerprint["trainable"]
+        odd = sorted(set(a) ^ set(b)) or sorted(n for n in a if a[n] != b.get(n))
+        diffs.append(f"trainable parameters differ ({len(a)} saved, {len(b)} here; e.g. "
+                     f"{', '.join(odd[:3])})")
+    if diffs:
+        raise ValueError(f"checkpoint in {str(d)!r} does not match this run: "
+                         + "; ".join(diffs) + ". Resume with the same model, adapters and "
+                         "arguments, or start fresh with another checkpoint_dir")
+    tensors = load_file(str(d / CKPT_TENSORS))
+    with torch.no_grad():
+        for n, p in _named_trainable(model):
+            p.copy_(tensors[f"param/{n}"])
+    device = next(model.parameters()).device
+    state: dict = {}
+    for key, v in tensors.items():
+        if key.startswith("optim/"):
+            _, i, k = key.split("/", 2)
+            # AdamW keeps its 'step' counter on the CPU unless capturable; others follow params
+            state.setdefault(int(i), {})[k] = v if k == "step" else v.to(device)
+    for i, st in meta["optimizer"]["scalars"].items():
+        state.setdefault(int(i), {}).update(st)
+    opt.load_state_dict({"state": state, "param_groups": meta["optimizer"]["param_groups"]})
+    torch.set_rng_state(tensors["rng/torch"])
+    version, internal, gauss = meta["stream_state"]
+    stream.setstate((version, tuple(internal), gauss))
+    hist = History(**meta["history"])
+    return meta["step"], hist
+
+
 def train(model: torch.nn.Module, task: str | Task, steps: int = 200, lr: float = 3e-3,
           batch_size: int = 64, eval_every: int | None = None, eval_n: int = 200,
           eval_seed: int = EVAL_SEED, eval_tasks: list[str | Task] | None = None,
           seed: int = 0, progress: bool = True, optimizer: str | OptimizerFactory = "adamw",
           weight_decay: float = 0.0, grad_clip: float | None = 1.0, warmup_steps: int = 0,
           schedule: str = "constant", stop_at: float | None = None,
-          device: str | torch.device | None = None, dtype: torch.dtype | None = None
-          ) -> History:
+          device: str | torch.device | None = None, dtype: torch.dtype | None = None,
+          checkpoint_dir: str | Path | None = None, checkpoint_every: int | None = None,
+          resume: bool = False) -> History:
     """Train ``model`` on ``task`` and return its :class:`History`.
 
     Args:
@@ -255,9 +414,16 @@ def train(model: torch.nn.Module, task: str | Task, steps: int = 200, lr: float 
         stop_at: stop after the evaluation that first reaches this accuracy on ``task``.
         device: move the model there first; ``None`` keeps it where it is.
         dtype: autocast compute dtype (``torch.bfloat16``; ``float16`` on CUDA only).
+        checkpoint_dir: where :func:`save_checkpoint` writes (one checkpoint, overwritten).
+        checkpoint_every: save after every this many steps and after the last;
+            ``None`` with a ``checkpoint_dir`` saves after the last step only.
+        resume: continue from the checkpoint in ``checkpoint_dir`` (its step + 1 .. steps).
 
     Raises:
-        ValueError: bad numbers, unknown task / optimizer / schedule, nothing trainable.
+        ValueError: bad numbers, unknown task / optimizer / schedule, nothing trainable, a
+            checkpoint of another run.
+        FileNotFoundError: ``resume`` without a checkpoint.
+        RuntimeError: the injected fault ``LABKIT_FAIL_AT_STEP`` (a testing hook).
     """
     task = get_task(task)
     for name, v in (("steps", steps), ("batch_size", batch_size), ("eval_n", eval_n)):
@@ -271,6 +437,14 @@ def train(model: torch.nn.Module, task: str | Task, steps: int = 200, lr: float 
         raise ValueError(f"schedule must be 'constant' or 'cosine', got {schedule!r}")
     if not isinstance(seed, int) or isinstance(seed, bool) or seed < 0:
         raise ValueError(f"seed must be a non-negative int, got {seed!r}")
+    if checkpoint_every is not None and (not isinstance(checkpoint_every, int)
+                                         or isinstance(checkpoint_every, bool)
+                                         or checkpoint_every < 1):
+        raise ValueError(f"checkpoint_every must be a positive int or None, got "
+                         f"{checkpoint_every!r}")
+    if (checkpoint_every is not None or resume) and checkpoint_dir is None:
+        raise ValueError("checkpoint_every / resume need checkpoint_dir= (where checkpoints go)")
+    fail_at = _fail_at()
     tasks = [task] + [t for t in map(get_task, eval_tasks or []) if t.name != task.name]
 
     if device is not None:
@@ -292,7 +466,14 @@ def train(model: torch.nn.Module, task: str | Task, steps: int = 200, lr: float 
     torch.manual_seed(seed)
     stream = random.Random(f"train/{task.name}/{seed}")
     hist = History(task=task.name, eval_acc={t.name: [] for t in tasks})
-    t0 = time.perf_counter()
+    fingerprint = _fingerprint(model, task, opt, batch_size, seed)
+    start = 0
+    if resume:
+        start, hist = load_checkpoint(checkpoint_dir, model, opt, stream, fingerprint)
+        if start > steps:
+            raise ValueError(f"the checkpoint is at step {start}, past steps={steps}; pass "
+                             f"steps >= {start} to continue it")
+    t0 = time.perf_counter() - hist.wall_s  # a resumed run's clock continues
 
     def run_eval(step: int) -> float:
         for t in tasks:
@@ -303,11 +484,15 @@ def train(model: torch.nn.Module, task: str | Task, steps: int = 200, lr: float 
 
     from tqdm.auto import tqdm
 
-    bar = tqdm(range(1, steps + 1), disable=not progress, desc=f"train {task.name}", leave=False)
-    if eval_every is not None:
+    bar = tqdm(range(start + 1, steps + 1), disable=not progress, desc=f"train {task.name}",
+               leave=False)
+    if eval_every is not None and start == 0:
         run_eval(0)
     model.train()
     for step in bar:
+        if fail_at is not None and step == fail_at:
+            raise RuntimeError(f"injected fault at step {step} ({FAIL_ENV}={fail_at}; a "
+                               "testing hook: unset it to train normally)")
         cur_lr = lr_at(step)
         for g in opt.param_groups:
             g["lr"] = cur_lr
@@ -339,7 +524,13 @@ def train(model: torch.nn.Module, task: str | Task, steps: int = 200, lr: float 
             bar.set_postfix(loss=f"{loss.item():.3f}", acc=f"{acc:.0%}")
             if stop_at is not None and acc >= stop_at:
                 hist.stopped_early = not last
-                break
+        if checkpoint_dir is not None and (
+                last or hist.stopped_early
+                or (checkpoint_every is not None and step % checkpoint_every == 0)):
+            hist.wall_s = time.perf_counter() - t0
+            save_checkpoint(checkpoint_dir, model, opt, step, stream, hist, fingerprint)
+        if hist.stopped_early:
+            break
     bar.close()
     model.eval()
     hist.wall_s = time.perf_counter() - t0

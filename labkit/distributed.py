@@ -1,0 +1,181 @@
+"""torchrun / DDP helpers: run :func:`labkit.train.train` unchanged on several processes.
+
+Data parallelism in one picture. W processes (ranks) hold the same model; every step each
+rank draws the SAME global batch of B examples from the seeded stream and keeps its shard,
+rows ``rank * B/W .. (rank+1) * B/W``. Each computes the gradient of its shard's loss L_r,
+then DDP all-reduces (sums, divides by W) the gradients, so every rank applies
+
+    g = (1/W) * sum_r grad L_r
+
+and the replicas stay identical. With a mean loss this is the gradient of the global batch's
+loss exactly when each shard holds the same number of loss tokens (equal-length answers);
+otherwise it is the mean of per-shard means, a slightly different weighting.
+
+Only parameters with ``requires_grad=True`` are registered with DDP's reducer, so a LoRA
+model synchronises its adapters only: per step the all-reduce moves
+
+    bytes = 4 * (number of trainable parameters)     (fp32 gradients)
+
+which :class:`CommCounter` measures with a DDP communication hook. For full fine-tuning
+that is 4 * (all parameters); LoRA's r * (d + k) per adapted d x k layer instead of d * k
+is the whole saving.
+
+Typical use inside a script launched by ``torchrun --standalone --nproc_per_node=2``::
+
+    rank, world = init_from_env()
+    model = DistributedDataParallel(model)
+    counter = CommCounter.attach(model)
+    task = shard_task("shift", batch_size=16, rank=rank, world_size=world)
+    train(model, task, batch_size=16, progress=is_main())
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime
+import os
+import random
+
+from labkit import _deps  # noqa: F401  (one clear line when torch is missing)
+
+# isort: split
+import torch
+import torch.distributed as dist
+
+from labkit.data import Task, encode_pairs, get_task
+
+#: Collective / rendezvous timeout: a peer that never arrives fails the run in seconds,
+#: not after gloo's default 30 minutes.
+DEFAULT_TIMEOUT_S = 20
+
+
+def init_from_env(backend: str | None = None, timeout_s: float = DEFAULT_TIMEOUT_S
+                  ) -> tuple[int, int]:
+    """Join the process group described by torchrun's environment variables.
+
+    Args:
+        backend: ``"gloo"`` (CPU) or ``"nccl"`` (CUDA); ``None`` picks nccl when CUDA is
+            there, else gloo.
+        timeout_s: how long a collective (and the initial store handshake) may wait.
+
+    Returns:
+        ``(rank, world_size)``.
+
+    Raises:
+        RuntimeError: not launched by torchrun (``RANK`` / ``WORLD_SIZE`` missing), or a
+            peer did not join within ``timeout_s``.
+    """
+    missing = [k for k in ("RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT")
+               if k not in os.environ]
+    if missing:
+        raise RuntimeError(f"{', '.join(missing)} not set: launch with torchrun, e.g. "
+                           "`torchrun --standalone --nproc_per_node=2 script.py`")
+    if backend is None:
+        backend = "nccl" if torch.cuda.is_available() else "gloo"
+    if not dist.is_initialized():
+        try:
+            dist.init_process_group(backend, timeout=datetime.timedelta(seconds=timeout_s))
+        except dist.DistStoreError as e:  # rank 0's store waited timeout_s for the others
+            world = os.environ["WORLD_SIZE"]
+            raise RuntimeError(
+                f"not every one of the {world} ranks joined within {timeout_s:g} s ({e}); "
+                f"start all of them (torchrun --nproc_per_node={world}) and check that "
+                f"MASTER_ADDR:MASTER_PORT ({os.environ['MASTER_ADDR']}:"
+                f"{os.environ['MASTER_PORT']}) is reachable") from e
+    return dist.get_rank(), dist.get_world_size()
+
+
+def rank() -> int:
+    """This process's rank, 0 when not distributed."""
+    return dist.get_rank() if dist.is_available() and dist.is_initialized() else 0
+
+
+def is_main() -> bool:
+    """True on rank 0 (or without torch.distributed): log, save and show progress here."""
+    return rank() == 0
+
+
+def log(*args, **kwargs) -> None:
+    """``print`` on rank 0 only, so W processes do not print every line W times."""
+    if is_main():
+        print(*args, **kwargs, flush=True)
+
+
+def check_divisible(batch_size: int, world_size: int) -> int:
+    """The per-rank batch ``batch_size // world_size``.
+
+    Raises:
+        ValueError: ``world_size`` does not divide ``batch_size``.
+    """
+    if not isinstance(world_size, int) or world_size < 1:
+        raise ValueError(f"world_size must be a positive int, got {world_size!r}")
+    if batch_size % world_size:
+        lo = batch_size // world_size * world_size
+        raise ValueError(f"global batch_size {batch_size} is not divisible by world size "
+                         f"{world_size}; use a multiple of {world_size} (e.g. {lo or world_size}"
+                         f" or {lo + world_size}) or another --nproc_per_node")
+    return batch_size // world_size
+
+
+@dataclasses.dataclass(frozen=True)
+class ShardedTask(Task):
+    """A task whose ``batch(B, rng=stream)`` draws the global batch of B and returns this
+    rank's rows ``[rank * B/W, (rank+1) * B/W)``. Every rank advances the stream by the same
+    B examples, so the ranks' shards are disjoint and together are the global batch."""
+
+    rank: int = 0
+    world_size: int = 1
+
+    def batch(self, n: int, seed: int | None = None, rng: random.Random | None = None
+              ) -> tuple[torch.Tensor, torch.Tensor]:
+        if (seed is None) == (rng is None):
+            raise ValueError("give exactly one of seed= (a fixed batch) or rng= (a stream)")
+        per_rank = check_divisible(n, self.world_size)
+        if rng is None:
+            rng = random.Random(f"{self.name}/batch/{seed}")
+        pairs = self._draw(n, rng)
+        return encode_pairs(pairs[self.rank * per_rank:(self.rank + 1) * per_rank])
+
+
+def shard_task(task: str | Task, batch_size: int, rank: int, world_size: int) -> ShardedTask:
+    """``task`` sharded for ``rank`` of ``world_size``; checks ``batch_size`` divides first.
+
+    Raises:
+        ValueError: ``world_size`` does not divide ``batch_size``; a bad rank.
+    """
+    check_divisible(batch_size, world_size)
+    if not 0 <= rank < world_size:
+        raise ValueError(f"rank must be in [0, {world_size}), got {rank}")
+    base = get_task(task)
+    fields = {f.name: getattr(base, f.name) for f in dataclasses.fields(Task)}
+    return ShardedTask(**fields, rank=rank, world_size=world_size)
+
+
+class CommCounter:
+    """Counts the bytes DDP all-reduces, via a communication hook on its gradient buckets.
+
+    Each bucket is a flat buffer of gradients; its size in bytes is numel * element size.
+    The hook adds that up and then does the usual all-reduce (sum, divided by W).
+    """
+
+    def __init__(self, group=None):
+        self.group = group
+        self.bytes = 0
+        self.calls = 0
+
+    @classmethod
+    def attach(cls, ddp_model: torch.nn.parallel.DistributedDataParallel, group=None
+               ) -> CommCounter:
+        """Register the counting hook on ``ddp_model``; returns the counter."""
+        counter = cls(group)
+        ddp_model.register_comm_hook(counter, _counting_allreduce_hook)
+        return counter
+
+
+def _counting_allreduce_hook(state: CommCounter, bucket):
+    from torch.distributed.algorithms.ddp_comm_hooks.default_hooks import allreduce_hook
+
+    buf = bucket.buffer()
+    state.bytes += buf.numel() * buf.element_size()
+    state.calls += 1
+    return allreduce_hook(state.group, bucket)

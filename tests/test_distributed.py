@@ -1,0 +1,161 @@
+"""labkit.distributed: a 2-process gloo DDP run under torchrun equals one process with the
+same global batch; only adapter gradients are all-reduced; bad world sizes fail clearly."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from labkit import distributed as D
+from labkit import lora, models, train
+from labkit.data import get_task
+
+ROOT = Path(__file__).resolve().parents[1]
+TORCHRUN = Path(sys.executable).with_name("torchrun")
+STEPS, BATCH, WORD_LEN = 4, 8, 6
+#: DDP splits each matmul over rows and sums the two halves' gradients in another order
+#: than one process does: rounding differences only, a few ulp of fp32 grown over 4 steps.
+ATOL = 1e-6
+
+
+def torchrun(out: Path, nproc: int = 2, *extra: str, timeout: float = 90,
+             fail_at: int | None = None):
+    env = {k: v for k, v in os.environ.items() if k != train.FAIL_ENV}
+    env.update(OMP_NUM_THREADS="1", OMP_WAIT_POLICY="PASSIVE")
+    if fail_at is not None:
+        env[train.FAIL_ENV] = str(fail_at)
+    cmd = [str(TORCHRUN), "--standalone", f"--nproc_per_node={nproc}",
+           str(ROOT / "scripts" / "ddp_train.py"), "--out", str(out), "--steps", str(STEPS),
+           "--batch-size", str(BATCH), "--word-len", str(WORD_LEN), *extra]
+    return subprocess.run(cmd, env=env, cwd=ROOT, capture_output=True, text=True,
+                          timeout=timeout)
+
+
+def single_process_adapters(optimizer: str) -> tuple[dict[str, torch.Tensor], list[float]]:
+    """The same run in this process, world size 1, the whole global batch per step."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        task = dataclasses.replace(get_task("shift"), min_len=WORD_LEN, max_len=WORD_LEN)
+        model = models.load_pretrained().model
+        torch.manual_seed(0)  # as scripts/ddp_train.py: the same A init
+        lora.add_lora(model, ["q_proj", "v_proj"], r=4, alpha=8, dropout=0.0)
+        h = train.train(model, task, steps=STEPS, lr=3e-3, batch_size=BATCH, eval_n=8,
+                        seed=0, optimizer=optimizer, progress=False)
+    finally:
+        torch.set_num_threads(threads)
+    return {n: p.detach() for n, p in model.named_parameters() if p.requires_grad}, h.loss
+
+
+@pytest.fixture(scope="module")
+def ddp_run(tmp_path_factory):
+    """One uninterrupted 2-process run, shared by the tests below."""
+    out = tmp_path_factory.mktemp("ddp")
+    r = torchrun(out)
+    assert r.returncode == 0, r.stderr[-3000:]
+    return load_file(str(out / "adapters.safetensors")), json.loads((out / "run.json").read_text())
+
+
+@pytest.mark.timeout(180)
+def test_two_process_gloo_run_equals_one_process(ddp_run):
+    ddp, run = ddp_run
+    ref, ref_loss = single_process_adapters("adamw")
+    assert ddp.keys() == ref.keys() and len(ref) == 8  # A and B of q_proj, v_proj x 2 layers
+    for k in ref:
+        # the adapters moved (B starts at 0), and moved the same way in both runs
+        assert ref[k].abs().max() > 0, k
+        torch.testing.assert_close(ddp[k], ref[k], atol=ATOL, rtol=0, msg=k)
+    n_adapter = sum(p.numel() for p in ref.values())
+    assert run["world_size"] == 2 and run["trainable_params"] == n_adapter
+    # only adapter gradients travel: fp32, 4 bytes each, once per step
+    assert run["bytes_per_step"] == 4 * n_adapter
+    assert run["hook_calls"] >= STEPS
+    # rank 0's loss is its shard's; the shards differ, so it is not the global loss
+    assert len(run["loss"]) == STEPS and run["loss"] != ref_loss
+
+
+@pytest.mark.timeout(180)
+def test_ddp_run_failed_at_a_step_resumes_to_the_uninterrupted_end(ddp_run, tmp_path):
+    ckpt = tmp_path / "ckpt"
+    args = ("--checkpoint-dir", str(ckpt), "--checkpoint-every", "2")
+    r = torchrun(tmp_path / "a", 2, *args, fail_at=4)  # injected fault, not a timed kill
+    assert r.returncode != 0 and "injected fault at step 4" in r.stdout + r.stderr
+    assert json.loads((ckpt / train.CKPT_JSON).read_text())["step"] == 2
+    r = torchrun(tmp_path / "b", 2, *args, "--resume")
+    assert r.returncode == 0, r.stderr[-3000:]
+    resumed = load_file(str(tmp_path / "b" / "adapters.safetensors"))
+    run = json.loads((tmp_path / "b" / "run.json").read_text())
+    ref, ref_run = ddp_run
+    assert run["resumed_from"] == 2 and run["loss"] == ref_run["loss"]
+    # it did resume: this process all-reduced steps 3 and 4 only, not 1..4
+    assert run["bytes_total"] == 2 * 4 * ref_run["trainable_params"]
+    assert resumed.keys() == ref.keys()
+    for k in ref:
+        assert torch.equal(resumed[k], ref[k]), k  # same layout, same sums: bitwise
+
+
+@pytest.mark.timeout(180)
+def test_full_fine_tuning_all_reduces_every_parameter(tmp_path):
+    r = torchrun(tmp_path, 2, "--full")
+    assert r.returncode == 0, r.stderr[-3000:]
+    run = json.loads((tmp_path / "run.json").read_text())
+    n_all = sum(p.numel() for p in models.load_pretrained().model.parameters())
+    assert run["full"] and run["trainable_params"] == n_all
+    assert run["bytes_per_step"] == 4 * n_all
+
+
+def test_world_size_that_does_not_divide_the_batch_fails_clearly(tmp_path):
+    r = torchrun(tmp_path, 3)
+    assert r.returncode != 0
+    assert "global batch_size 8 is not divisible by world size 3" in r.stdout + r.stderr
+    assert not (tmp_path / "run.json").exists()
+
+
+def test_shard_task_splits_the_global_batch():
+    import random
+
+    task = dataclasses.replace(get_task("shift"), min_len=WORD_LEN, max_len=WORD_LEN)
+    full_ids, full_labels = task.batch(6, rng=random.Random("s"))
+    parts = [D.shard_task(task, 6, r, 3).batch(6, rng=random.Random("s")) for r in range(3)]
+    assert torch.equal(torch.cat([p[0] for p in parts]), full_ids)
+    assert torch.equal(torch.cat([p[1] for p in parts]), full_labels)
+    with pytest.raises(ValueError, match="not divisible by world size 4; use a multiple of 4"):
+        D.shard_task(task, 6, 0, 4)
+    with pytest.raises(ValueError, match=r"rank must be in \[0, 3\)"):
+        D.shard_task(task, 6, 3, 3)
+
+
+def test_init_outside_torchrun_says_how_to_launch(monkeypatch):
+    for k in ("RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT"):
+        monkeypatch.delenv(k, raising=False)
+    with pytest.raises(RuntimeError, match="launch with torchrun"):
+        D.init_from_env()
+    assert D.rank() == 0 and D.is_main()
+
+
+PEER_NEVER_JOINS = """
+import os, socket
+s = socket.socket(); s.bind(("127.0.0.1", 0)); port = s.getsockname()[1]; s.close()
+os.environ.update(RANK="0", WORLD_SIZE="2", MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+from labkit import distributed
+distributed.init_from_env(timeout_s=2)
+"""
+
+
+@pytest.mark.timeout(60)
+def test_a_peer_that_never_joins_fails_within_the_timeout():
+    # rank 0 of 2 alone: its store waits 2 s for rank 1, then a clear error, not 30 minutes
+    r = subprocess.run([sys.executable, "-c", PEER_NEVER_JOINS], cwd=ROOT, capture_output=True,
+                       text=True, timeout=50)
+    assert r.returncode != 0
+    assert "not every one of the 2 ranks joined within 2 s" in r.stderr
+    assert "torchrun --nproc_per_node=2" in r.stderr
+
