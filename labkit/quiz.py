@@ -991,43 +991,29 @@ def lesson_quiz(lesson: str, n: int = 3, seed: int = 0, progress=None, bank=None
     )
 
 
+def _study(bank, topic, mode: str, title: str, command: str, kind=None, n=None, seed: int = 0,
+           progress=None) -> Session:
+    """A study session of ``kind`` items on ``topic``, in a seeded order."""
+    bank = bank if isinstance(bank, Bank) else load_bank(bank)
+    items = pick(bank, topic, kind=kind, n=n, seed=seed)
+    return Session(items, mode=mode, progress=_progress(progress), title=title, command=command)
+
+
 def flashcards(topic=None, seed: int = 0, n=None, progress=None, bank=None) -> Session:
     """Recall cards: read the question, reveal the answer, say whether you knew it."""
-    bank = bank if isinstance(bank, Bank) else load_bank(bank)
-    items = pick(bank, topic, kind="recall", n=n, seed=seed)
-    return Session(
-        items,
-        mode="flashcards",
-        progress=_progress(progress),
-        title="Flashcards",
-        command="flashcards",
-    )
+    return _study(bank, topic, "flashcards", "Flashcards", "flashcards", "recall", n, seed,
+                  progress)
 
 
 def practice(topic=None, seed: int = 0, n=None, progress=None, bank=None) -> Session:
     """One item at a time with hints and solutions."""
-    bank = bank if isinstance(bank, Bank) else load_bank(bank)
-    items = pick(bank, topic, n=n, seed=seed)
-    return Session(
-        items,
-        mode="practice",
-        progress=_progress(progress),
-        title="Practice",
-        command=topic or "practice",
-    )
+    return _study(bank, topic, "practice", "Practice", topic or "practice", None, n, seed, progress)
 
 
 def explain(topic=None, seed: int = 0, n=None, progress=None, bank=None) -> Session:
     """Explain-in-your-own-words items, scored against their concept checklists."""
-    bank = bank if isinstance(bank, Bank) else load_bank(bank)
-    items = pick(bank, topic, kind="explain", n=n, seed=seed)
-    return Session(
-        items,
-        mode="explain",
-        progress=_progress(progress),
-        title="Explain in your own words",
-        command="explain",
-    )
+    return _study(bank, topic, "explain", "Explain in your own words", "explain", "explain", n,
+                  seed, progress)
 
 
 def take_test(seed: int = 0, progress=None, bank=None) -> Session:
