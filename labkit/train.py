@@ -28,7 +28,8 @@ after every k-th step (and the last), the whole state that the next step depends
 
     state.safetensors   param/<name>        trainable parameters (adapters, or all)
                         optim/<i>/<key>     optimizer state tensors (AdamW's m, v, step)
-                        rng/torch           torch's CPU generator state (dropout)
+                        rng/torch/<rank>    torch's CPU generator state per rank (dropout)
+                        rng/cuda/<rank>     and the CUDA one, when training on a GPU
     state.json          step, the batch stream's random.Random state, history so far,
                         the optimizer's param_groups and a fingerprint of the run
 
@@ -36,6 +37,21 @@ after every k-th step (and the last), the whole state that the next step depends
 of (theta_t, optimizer state_t, stream state_t, torch RNG_t), all restored exactly, so the
 resumed run follows the identical trajectory (bitwise on a CPU with fixed threads).
 No pickles: tensors in safetensors, everything else JSON.
+
+Data parallel (DDP under ``torchrun``, see :mod:`labkit.distributed`): the same call trains a
+``DistributedDataParallel`` model. Every rank draws the same global batch from the stream and
+the task keeps its shard; torch's RNG is seeded per rank (``seed + RANK_STRIDE * rank``), so
+dropout masks differ between shards as they would between rows of one batch. The loss each
+rank backpropagates is weighted by tokens, so that DDP's gradient average is the gradient of
+the global batch's mean loss even when shards hold different numbers of answer tokens:
+
+    rank r backpropagates  W * S_r / N,    S_r = summed token losses of shard r,
+                                           N = sum_r N_r answer tokens in the global batch
+    DDP averages:          (1/W) * sum_r W * S_r / N = (sum_r S_r) / N = global mean loss
+
+``History.loss`` holds that global mean (the same number on every rank); only rank 0 shows
+progress and writes checkpoints. Each step costs two scalar all-reduces besides DDP's
+gradient buckets (N before the forward pass, the loss for the history after backward).
 
 Testing hook: the environment variable ``LABKIT_FAIL_AT_STEP=N`` makes the loop raise a
 RuntimeError at the start of step N (before its batch is drawn), an injected fault to test
@@ -50,6 +66,7 @@ import math
 import os
 import random
 import time
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -103,8 +120,6 @@ def _bnb_optimizer(name: str, cls_name: str) -> OptimizerFactory:
             return getattr(import_bnb().optim, cls_name)(params, lr=lr, weight_decay=weight_decay)
         if name not in _SAID_FALLBACK:
             _SAID_FALLBACK.add(name)
-            import warnings
-
             warnings.warn(f"optimizer {name!r} needs a CUDA GPU (bitsandbytes {cls_name}); on "
                           f"the {params[0].device.type if params else 'cpu'} it is torch's "
                           "AdamW instead (same algorithm, 32-bit state)", UserWarning, stacklevel=3)
@@ -172,13 +187,16 @@ def _autocast(device: torch.device, dtype: torch.dtype | None):
     return torch.autocast(device_type=device.type, dtype=dtype)
 
 
-def lm_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-    """Mean cross-entropy over the positions whose label is not ``IGNORE_INDEX``.
+def lm_loss(logits: torch.Tensor, labels: torch.Tensor, reduction: str = "mean"
+            ) -> torch.Tensor:
+    """Cross-entropy over the positions whose label is not ``IGNORE_INDEX``: their mean, or
+    with ``reduction="sum"`` their sum (what a data-parallel rank contributes, see
+    :func:`train`).
 
     logits (B, T, V), labels (B, T) -> scalar. Computed in fp32 whatever the logits' dtype.
     """
     return F.cross_entropy(logits.float().flatten(0, 1), labels.flatten(),
-                           ignore_index=IGNORE_INDEX)
+                           ignore_index=IGNORE_INDEX, reduction=reduction)
 
 
 @torch.no_grad()
@@ -269,8 +287,40 @@ def _named_trainable(model: torch.nn.Module) -> list[tuple[str, torch.nn.Paramet
     return [(n, p) for n, p in model.named_parameters() if p.requires_grad]
 
 
+#: torch's generator on rank r starts from ``seed + RANK_STRIDE * r``: a prime far above any
+#: seed the course uses, so no rank shares its dropout masks with another rank or another seed.
+RANK_STRIDE = 1_000_003
+
+
 def _distributed() -> bool:
     return torch.distributed.is_available() and torch.distributed.is_initialized()
+
+
+def _rank_world() -> tuple[int, int]:
+    """``(rank, world size)`` of the process group, ``(0, 1)`` outside torch.distributed."""
+    if _distributed():
+        return torch.distributed.get_rank(), torch.distributed.get_world_size()
+    return 0, 1
+
+
+def _data_parallel_world(model: torch.nn.Module) -> int:
+    """W when ``model`` is a DDP replica whose gradients are averaged over W ranks, else 1."""
+    if isinstance(model, torch.nn.parallel.DistributedDataParallel) and _distributed():
+        return torch.distributed.get_world_size()
+    return 1
+
+
+def _all_reduce_sum(t: torch.Tensor) -> torch.Tensor:
+    torch.distributed.all_reduce(t, op=torch.distributed.ReduceOp.SUM)
+    return t
+
+
+def _rng_states(device: torch.device) -> dict[str, torch.Tensor]:
+    """This process's generators: the CPU one, and the GPU's when training there."""
+    states = {"torch": torch.get_rng_state()}
+    if device.type == "cuda":
+        states["cuda"] = torch.cuda.get_rng_state(device)
+    return states
 
 
 def _fingerprint(model: torch.nn.Module, task: Task, opt: torch.optim.Optimizer,
@@ -298,32 +348,39 @@ def save_checkpoint(directory: str | Path, model: torch.nn.Module, opt: torch.op
                     step: int, stream: random.Random, hist: History, fingerprint: dict) -> Path:
     """Write the training state after ``step`` to ``directory`` (two files, written atomically).
 
-    Under torch.distributed (DDP) only rank 0 writes (the replicas are identical), and every
-    rank waits at a barrier until it has, so no rank can read a half-replaced checkpoint.
-    The torch RNG state saved is rank 0's: with dropout and unequal shard shapes the other
-    ranks' generators differ from it, and such a resume is not bitwise (dropout 0 is).
+    Under torch.distributed (DDP) the replicas are identical, so only rank 0 writes; the
+    ranks' generator states differ (each draws its own dropout masks), so they are gathered
+    to rank 0 first and saved per rank. Every rank then waits at a barrier until the files
+    are in place, so no rank can read a half-replaced checkpoint.
 
     Returns:
         the directory.
     """
     d = Path(directory)
-    if not _distributed() or torch.distributed.get_rank() == 0:
-        _write_checkpoint(d, model, opt, step, stream, hist, fingerprint)
-    if _distributed():
+    rank, world = _rank_world()
+    rng = [_rng_states(next(model.parameters()).device)]
+    if world > 1:
+        rng = [None] * world
+        torch.distributed.all_gather_object(rng, _rng_states(next(model.parameters()).device))
+    if rank == 0:
+        _write_checkpoint(d, model, opt, step, stream, hist, fingerprint, rng)
+    if world > 1:
         torch.distributed.barrier()
     return d
 
 
-def _write_checkpoint(d: Path, model, opt, step, stream, hist, fingerprint) -> None:
+def _write_checkpoint(d: Path, model, opt, step, stream, hist, fingerprint, rng) -> None:
     from safetensors.torch import save_file
 
     d.mkdir(parents=True, exist_ok=True)
     tensors = {f"param/{n}": p.detach().contiguous().cpu() for n, p in _named_trainable(model)}
     opt_tensors, opt_json = _split_optimizer_state(opt)
     tensors.update(opt_tensors)
-    tensors["rng/torch"] = torch.get_rng_state()
+    for r, states in enumerate(rng):
+        tensors.update({f"rng/{kind}/{r}": t.cpu() for kind, t in states.items()})
     version, internal, gauss = stream.getstate()
     meta = {"step": step, "fingerprint": fingerprint, "optimizer": opt_json,
+            "world_size": len(rng),
             "stream_state": [version, list(internal), gauss], "history": hist.to_dict()}
     # write both to temporaries, then rename: a crash mid-save leaves the old checkpoint whole
     save_file(tensors, str(d / (CKPT_TENSORS + ".tmp")))
@@ -375,7 +432,18 @@ def load_checkpoint(directory: str | Path, model: torch.nn.Module, opt: torch.op
     for i, st in meta["optimizer"]["scalars"].items():
         state.setdefault(int(i), {}).update(st)
     opt.load_state_dict({"state": state, "param_groups": meta["optimizer"]["param_groups"]})
-    torch.set_rng_state(tensors["rng/torch"])
+    rank, world = _rank_world()
+    if meta["world_size"] != world:
+        warnings.warn(f"checkpoint written by {meta['world_size']} process(es), resumed by "
+                      f"{world}: weights, optimizer and batch stream continue exactly, but the "
+                      "dropout generators cannot (with dropout 0 nothing changes)", UserWarning,
+                      stacklevel=3)
+    if f"rng/torch/{rank}" in tensors:
+        torch.set_rng_state(tensors[f"rng/torch/{rank}"])
+        if device.type == "cuda" and f"rng/cuda/{rank}" in tensors:
+            torch.cuda.set_rng_state(tensors[f"rng/cuda/{rank}"], device)
+    else:  # a rank the saving run did not have: a fresh generator of its own
+        torch.manual_seed(fingerprint["seed"] + RANK_STRIDE * rank + meta["step"])
     version, internal, gauss = meta["stream_state"]
     stream.setstate((version, tuple(internal), gauss))
     hist = History(**meta["history"])
@@ -404,8 +472,8 @@ def train(model: torch.nn.Module, task: str | Task, steps: int = 200, lr: float 
         eval_n, eval_seed: size and seed of the evaluation sample (the same each time).
         eval_tasks: tasks to evaluate besides ``task`` (e.g. the pretraining task, to
             watch forgetting); the training task is always evaluated.
-        seed: seeds the batch stream (and torch's RNG).
-        progress: show a tqdm progress bar.
+        seed: seeds the batch stream (and torch's RNG, per rank under DDP).
+        progress: show a tqdm progress bar (on rank 0 only under torchrun).
         optimizer: a name in :data:`OPTIMIZERS` or a factory ``(params, lr=, weight_decay=)``.
         weight_decay: decoupled weight decay (AdamW) / L2 (SGD).
         grad_clip: max global grad norm over trainable parameters; ``None`` turns it off.
@@ -463,7 +531,9 @@ def train(model: torch.nn.Module, task: str | Task, steps: int = 200, lr: float 
             return lr * 0.5 * (1 + math.cos(math.pi * frac))
         return lr
 
-    torch.manual_seed(seed)
+    rank, _ = _rank_world()
+    world = _data_parallel_world(model)  # > 1: a DDP replica, gradients averaged over ranks
+    torch.manual_seed(seed + RANK_STRIDE * rank)  # the same stream, own dropout masks
     stream = random.Random(f"train/{task.name}/{seed}")
     hist = History(task=task.name, eval_acc={t.name: [] for t in tasks})
     fingerprint = _fingerprint(model, task, opt, batch_size, seed)
@@ -484,7 +554,8 @@ def train(model: torch.nn.Module, task: str | Task, steps: int = 200, lr: float 
 
     from tqdm.auto import tqdm
 
-    bar = tqdm(range(start + 1, steps + 1), disable=not progress, desc=f"train {task.name}",
+    bar = tqdm(range(start + 1, steps + 1), disable=not progress or rank != 0,
+               desc=f"train {task.name}",
                leave=False)
     if eval_every is not None and start == 0:
         run_eval(0)
@@ -498,9 +569,15 @@ def train(model: torch.nn.Module, task: str | Task, steps: int = 200, lr: float 
             g["lr"] = cur_lr
         ids, labels = task.batch(batch_size, rng=stream)
         ids, labels = ids.to(device), labels.to(device)
+        if world > 1:  # weight by tokens: see "Data parallel" in the module docstring
+            n_tokens = _all_reduce_sum((labels != IGNORE_INDEX).sum().float())
         with _autocast(device, dtype):
             logits = model(ids)
-        loss = lm_loss(logits, labels)
+        if world > 1:
+            loss_sum = lm_loss(logits, labels, reduction="sum")
+            loss = loss_sum * (world / n_tokens)
+        else:
+            loss = lm_loss(logits, labels)
         opt.zero_grad(set_to_none=True)
         if scaler is not None:
             scaler.scale(loss).backward()
@@ -514,6 +591,8 @@ def train(model: torch.nn.Module, task: str | Task, steps: int = 200, lr: float 
             scaler.update()
         else:
             opt.step()
+        if world > 1:  # the global batch's mean loss, the same on every rank
+            loss = _all_reduce_sum(loss_sum.detach()) / n_tokens
         hist.step.append(step)
         hist.loss.append(loss.item())
         hist.lr.append(cur_lr)

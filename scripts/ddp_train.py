@@ -2,10 +2,13 @@
 
     torchrun --standalone --nproc_per_node=2 scripts/ddp_train.py --out /tmp/ddp
 
-Every rank builds the same model (pretrained base + LoRA on q_proj, v_proj), wraps it in
-DistributedDataParallel and trains on its shard of each global batch. Rank 0 alone writes
+Every rank builds the same model (pretrained base + LoRA on q_proj, v_proj; with ``--qlora``
+the base's targeted layers are 4-bit NF4 first; with ``--full`` every weight trains), wraps it
+in DistributedDataParallel and trains on its shard of each global batch. Rank 0 alone writes
 ``<out>/adapters.safetensors`` (the trained adapters; every weight with ``--full``) and
 ``<out>/run.json`` (losses, bytes all-reduced per step, trainable parameter count, world size).
+The same command runs on one process (``--nproc_per_node=1``): the reference a DDP run must
+equal.
 """
 
 from __future__ import annotations
@@ -22,14 +25,19 @@ def main(argv=None) -> int:
     ap.add_argument("--out", required=True, help="directory for rank 0's outputs")
     ap.add_argument("--task", default="shift")
     ap.add_argument("--word-len", type=int, default=6,
-                    help="fixed word length: equal loss tokens per shard (see distributed.py)")
+                    help="fixed word length (0: the task's mixed lengths, so shards hold "
+                    "different numbers of answer tokens)")
+    ap.add_argument("--dropout", type=float, default=0.0, help="LoRA dropout")
     ap.add_argument("--steps", type=int, default=4)
     ap.add_argument("--batch-size", type=int, default=8, help="GLOBAL batch (all ranks)")
     ap.add_argument("--lr", type=float, default=3e-3)
     ap.add_argument("--optimizer", default="adamw")
     ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--full", action="store_true",
-                    help="full fine-tuning (every weight trains) instead of LoRA")
+    mode = ap.add_mutually_exclusive_group()
+    mode.add_argument("--full", action="store_true",
+                      help="full fine-tuning (every weight trains) instead of LoRA")
+    mode.add_argument("--qlora", action="store_true",
+                      help="QLoRA: q_proj, v_proj stored in 4 bits (NF4), adapters on top")
     ap.add_argument("--timeout-s", type=float, default=20)
     ap.add_argument("--checkpoint-dir", default=None)
     ap.add_argument("--checkpoint-every", type=int, default=None)
@@ -42,21 +50,25 @@ def main(argv=None) -> int:
     from torch.nn.parallel import DistributedDataParallel
 
     from labkit import distributed as D
-    from labkit import lora, models, train
+    from labkit import lora, models, qlora, train
     from labkit.data import get_task
 
     torch.set_num_threads(1)
     rank, world = D.init_from_env(timeout_s=args.timeout_s)
     try:
-        task = dataclasses.replace(get_task(args.task), min_len=args.word_len,
-                                   max_len=args.word_len)
+        task = get_task(args.task)
+        if args.word_len:
+            task = dataclasses.replace(task, min_len=args.word_len, max_len=args.word_len)
         task = D.shard_task(task, args.batch_size, rank, world)  # checks divisibility first
         model = models.load_pretrained().model
         torch.manual_seed(args.seed)  # A's init; DDP also broadcasts rank 0's weights
+        targets, r, alpha = ["q_proj", "v_proj"], 4, 8
         if args.full:
             model.requires_grad_(True)
+        elif args.qlora:
+            qlora.prepare_qlora(model, targets, r=r, alpha=alpha, dropout=args.dropout)
         else:
-            lora.add_lora(model, ["q_proj", "v_proj"], r=4, alpha=8, dropout=0.0)
+            lora.add_lora(model, targets, r=r, alpha=alpha, dropout=args.dropout)
         ddp = DistributedDataParallel(model)  # frozen base: only adapters join the reducer
         counter = D.CommCounter.attach(ddp)
         start = 0
@@ -74,7 +86,8 @@ def main(argv=None) -> int:
             save_file({n: p.detach().contiguous() for n, p in model.named_parameters()
                        if p.requires_grad}, str(out / "adapters.safetensors"))
             (out / "run.json").write_text(json.dumps({
-                "world_size": world, "full": args.full, "loss": h.loss,
+                "world_size": world, "full": args.full, "qlora": args.qlora, "loss": h.loss,
+                "base_weight_bytes": qlora.base_weight_nbytes(model),
                 "trainable_params": n_trainable,
                 "resumed_from": start,
                 "bytes_total": counter.bytes, "hook_calls": counter.calls,

@@ -6,6 +6,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -15,7 +16,7 @@ import torch
 from safetensors.torch import load_file
 
 from labkit import distributed as D
-from labkit import lora, models, train
+from labkit import lora, models, quant, train
 from labkit.data import get_task
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -39,67 +40,151 @@ def torchrun(out: Path, nproc: int = 2, *extra: str, timeout: float = 90,
                           timeout=timeout)
 
 
-def single_process_adapters(optimizer: str) -> tuple[dict[str, torch.Tensor], list[float]]:
-    """The same run in this process, world size 1, the whole global batch per step."""
+def single_process_adapters(word_len: int = WORD_LEN, steps: int = STEPS, resume_from=None
+                            ) -> tuple[dict[str, torch.Tensor], list[float]]:
+    """The same run in this process, world size 1, the whole global batch per step
+    (``word_len=0``: the task's mixed word lengths; ``resume_from``: a checkpoint dir)."""
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
-        task = dataclasses.replace(get_task("shift"), min_len=WORD_LEN, max_len=WORD_LEN)
+        task = get_task("shift")
+        if word_len:
+            task = dataclasses.replace(task, min_len=word_len, max_len=word_len)
         model = models.load_pretrained().model
         torch.manual_seed(0)  # as scripts/ddp_train.py: the same A init
         lora.add_lora(model, ["q_proj", "v_proj"], r=4, alpha=8, dropout=0.0)
-        h = train.train(model, task, steps=STEPS, lr=3e-3, batch_size=BATCH, eval_n=8,
-                        seed=0, optimizer=optimizer, progress=False)
+        kw = dict(checkpoint_dir=resume_from, resume=True) if resume_from else {}
+        h = train.train(model, task, steps=steps, lr=3e-3, batch_size=BATCH, eval_n=8,
+                        seed=0, progress=False, **kw)
     finally:
         torch.set_num_threads(threads)
     return {n: p.detach() for n, p in model.named_parameters() if p.requires_grad}, h.loss
 
 
+def assert_same_adapters(got: dict, ref: dict, atol: float = ATOL) -> None:
+    assert got.keys() == ref.keys() and len(ref) == 8  # A and B of q_proj, v_proj x 2 layers
+    for k in ref:
+        # the adapters moved (B starts at 0), and moved the same way in both runs
+        assert ref[k].abs().max() > 0, k
+        torch.testing.assert_close(got[k], ref[k], atol=atol, rtol=0, msg=k)
+
+
 @pytest.fixture(scope="module")
 def ddp_run(tmp_path_factory):
-    """One uninterrupted 2-process run, shared by the tests below."""
+    """One uninterrupted 2-process run, shared by the tests below: its adapters, run.json,
+    and its final checkpoint (after step STEPS)."""
     out = tmp_path_factory.mktemp("ddp")
-    r = torchrun(out)
+    r = torchrun(out, 2, "--checkpoint-dir", str(out / "ckpt"))
     assert r.returncode == 0, r.stderr[-3000:]
-    return load_file(str(out / "adapters.safetensors")), json.loads((out / "run.json").read_text())
+    return (load_file(str(out / "adapters.safetensors")),
+            json.loads((out / "run.json").read_text()), out / "ckpt")
 
 
 @pytest.mark.timeout(180)
 def test_two_process_gloo_run_equals_one_process(ddp_run):
-    ddp, run = ddp_run
-    ref, ref_loss = single_process_adapters("adamw")
-    assert ddp.keys() == ref.keys() and len(ref) == 8  # A and B of q_proj, v_proj x 2 layers
-    for k in ref:
-        # the adapters moved (B starts at 0), and moved the same way in both runs
-        assert ref[k].abs().max() > 0, k
-        torch.testing.assert_close(ddp[k], ref[k], atol=ATOL, rtol=0, msg=k)
+    ddp, run, _ = ddp_run
+    ref, ref_loss = single_process_adapters()
+    assert_same_adapters(ddp, ref)
     n_adapter = sum(p.numel() for p in ref.values())
     assert run["world_size"] == 2 and run["trainable_params"] == n_adapter
     # only adapter gradients travel: fp32, 4 bytes each, once per step
     assert run["bytes_per_step"] == 4 * n_adapter
     assert run["hook_calls"] >= STEPS
-    # rank 0's loss is its shard's; the shards differ, so it is not the global loss
-    assert len(run["loss"]) == STEPS and run["loss"] != ref_loss
+    # the history holds the global batch's loss (all-reduced), not rank 0's shard's
+    assert len(run["loss"]) == STEPS
+    assert run["loss"] == pytest.approx(ref_loss, abs=1e-5, rel=0)
 
 
 @pytest.mark.timeout(180)
-def test_ddp_run_failed_at_a_step_resumes_to_the_uninterrupted_end(ddp_run, tmp_path):
+def test_shards_with_unequal_token_counts_still_equal_one_process(tmp_path):
+    # mixed word lengths: the two shards hold different numbers of answer tokens
+    ids, labels = get_task("shift").batch(BATCH, rng=__import__("random").Random("train/shift/0"))
+    per_shard = [(labels[i:i + BATCH // 2] != -100).sum().item() for i in (0, BATCH // 2)]
+    assert per_shard[0] != per_shard[1], per_shard
+    r = torchrun(tmp_path, 2, "--word-len", "0")
+    assert r.returncode == 0, r.stderr[-3000:]
+    ref, ref_loss = single_process_adapters(word_len=0)
+    assert_same_adapters(load_file(str(tmp_path / "adapters.safetensors")), ref)
+    run = json.loads((tmp_path / "run.json").read_text())
+    assert run["loss"] == pytest.approx(ref_loss, abs=1e-5, rel=0)
+
+
+def test_averaging_shard_means_is_not_the_global_mean_but_token_weighting_is():
+    """Why train() weights by tokens under DDP: the plain average of the two shards' mean
+    losses weights a short shard's tokens more, and its gradient is measurably different."""
+    torch.manual_seed(0)
+    logits = torch.randn(4, 7, 11, requires_grad=True)
+    labels = torch.randint(0, 11, (4, 7))
+    labels[:2, 5:] = -100  # shard 0 (rows 0, 1) has 6 fewer loss tokens than shard 1
+    shards = [slice(0, 2), slice(2, 4)]
+    (g_global,) = torch.autograd.grad(train.lm_loss(logits, labels), logits)
+    naive = sum(train.lm_loss(logits[s], labels[s]) for s in shards) / 2
+    (g_naive,) = torch.autograd.grad(naive, logits)
+    n = (labels != -100).sum()
+    weighted = sum(2 * train.lm_loss(logits[s], labels[s], reduction="sum") / n
+                   for s in shards) / 2  # what each rank backpropagates, then DDP's mean
+    (g_weighted,) = torch.autograd.grad(weighted, logits)
+    assert (g_naive - g_global).abs().max() > 1e-3
+    torch.testing.assert_close(g_weighted, g_global, atol=1e-7, rtol=0)
+
+
+@pytest.mark.timeout(180)
+def test_qlora_under_ddp_equals_one_process_and_sends_adapter_bytes_only(tmp_path, ddp_run):
+    one, two = tmp_path / "one", tmp_path / "two"
+    for out, nproc in ((one, 1), (two, 2)):
+        r = torchrun(out, nproc, "--qlora")
+        assert r.returncode == 0, r.stderr[-3000:]
+    ref = load_file(str(one / "adapters.safetensors"))
+    assert_same_adapters(load_file(str(two / "adapters.safetensors")), ref)
+    q, lo = json.loads((two / "run.json").read_text()), ddp_run[1]
+    # the 4-bit base is frozen: the same adapter gradients travel as with LoRA
+    assert q["qlora"] and q["trainable_params"] == lo["trainable_params"]
+    assert q["bytes_per_step"] == lo["bytes_per_step"] == 4 * lo["trainable_params"]
+    # what 4 bits change is each rank's copy of the base: q_proj (128 x 128) and v_proj
+    # (64 x 128) of both layers go from float32 to NF4 codes + double-quantized state
+    fp32, nf4 = 4 * (128 * 128 + 64 * 128), quant.quantized_nbytes(128 * 128) + \
+        quant.quantized_nbytes(64 * 128)
+    assert lo["base_weight_bytes"] - q["base_weight_bytes"] == 2 * (fp32 - nf4)
+
+
+@pytest.mark.timeout(180)
+def test_ddp_run_with_dropout_failed_at_a_step_resumes_to_the_uninterrupted_end(tmp_path):
+    args = ("--dropout", "0.1", "--checkpoint-every", "2")
+    r = torchrun(tmp_path / "ref", 2, "--checkpoint-dir", str(tmp_path / "ck_ref"), *args)
+    assert r.returncode == 0, r.stderr[-3000:]
     ckpt = tmp_path / "ckpt"
-    args = ("--checkpoint-dir", str(ckpt), "--checkpoint-every", "2")
-    r = torchrun(tmp_path / "a", 2, *args, fail_at=4)  # injected fault, not a timed kill
+    r = torchrun(tmp_path / "a", 2, "--checkpoint-dir", str(ckpt), *args,
+                 fail_at=4)  # injected fault, not a timed kill
     assert r.returncode != 0 and "injected fault at step 4" in r.stdout + r.stderr
     assert json.loads((ckpt / train.CKPT_JSON).read_text())["step"] == 2
-    r = torchrun(tmp_path / "b", 2, *args, "--resume")
+    # each rank draws its own dropout masks (seeded per rank) and saved its own generator:
+    # equal-shaped shards, so with one seed for both ranks the two states would be equal
+    rng = load_file(str(ckpt / train.CKPT_TENSORS))
+    assert not torch.equal(rng["rng/torch/0"], rng["rng/torch/1"])
+    r = torchrun(tmp_path / "b", 2, "--checkpoint-dir", str(ckpt), *args, "--resume")
     assert r.returncode == 0, r.stderr[-3000:]
     resumed = load_file(str(tmp_path / "b" / "adapters.safetensors"))
     run = json.loads((tmp_path / "b" / "run.json").read_text())
-    ref, ref_run = ddp_run
+    ref = load_file(str(tmp_path / "ref" / "adapters.safetensors"))
+    ref_run = json.loads((tmp_path / "ref" / "run.json").read_text())
     assert run["resumed_from"] == 2 and run["loss"] == ref_run["loss"]
     # it did resume: this process all-reduced steps 3 and 4 only, not 1..4
     assert run["bytes_total"] == 2 * 4 * ref_run["trainable_params"]
     assert resumed.keys() == ref.keys()
     for k in ref:
-        assert torch.equal(resumed[k], ref[k]), k  # same layout, same sums: bitwise
+        assert torch.equal(resumed[k], ref[k]), k  # same masks, same sums: bitwise
+
+
+def test_a_two_process_checkpoint_resumes_in_one_process(ddp_run, tmp_path):
+    """World size 2 for steps 1..4, then 1 process for 5..6, ends where 1 process for 1..6
+    ends: the global batches and the token-weighted gradients do not depend on W."""
+    _, _, ckpt = ddp_run
+    shutil.copytree(ckpt, tmp_path / "ckpt")
+    with pytest.warns(UserWarning, match="written by 2 process.*resumed by 1.*dropout 0"):
+        resumed, loss = single_process_adapters(steps=STEPS + 2, resume_from=tmp_path / "ckpt")
+    ref, ref_loss = single_process_adapters(steps=STEPS + 2)
+    assert_same_adapters(resumed, ref)
+    assert loss == pytest.approx(ref_loss, abs=1e-5, rel=0)
 
 
 @pytest.mark.timeout(180)
