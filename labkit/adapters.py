@@ -110,20 +110,33 @@ def save_adapter(model: nn.Module, directory, adapter_name: str | None = None, *
         task_type: PEFT's task type, e.g. ``"CAUSAL_LM"``; ``None`` loads as a plain
             ``PeftModel``.
 
+    Under torchrun a ``DistributedDataParallel`` model may be passed as it is: the replica
+    inside is saved (same keys as one process would write), by rank 0 only, and every rank
+    waits at a barrier until the files are there. The adapter is saved once, not W times.
+
     Returns:
         The directory.
     """
     from safetensors.torch import save_file
 
+    if isinstance(model, nn.parallel.DistributedDataParallel):
+        model = model.module
     name = _resolve_name(model, adapter_name)
     cfg = _configs(model)[name]
     out = Path(directory)
-    out.mkdir(parents=True, exist_ok=True)
-    save_file(adapter_state_dict(model, name), str(out / WEIGHTS_NAME), metadata={"format": "pt"})
-    meta = asdict(cfg)
-    meta.update(base_model_name_or_path=base_model_name_or_path or cfg.base_model_name_or_path,
-                task_type=task_type or cfg.task_type, inference_mode=True)
-    (out / CONFIG_NAME).write_text(json.dumps(meta, indent=2, sort_keys=True) + "\n")
+    dist = torch.distributed
+    distributed = dist.is_available() and dist.is_initialized()
+    if not distributed or dist.get_rank() == 0:
+        out.mkdir(parents=True, exist_ok=True)
+        save_file(adapter_state_dict(model, name), str(out / WEIGHTS_NAME),
+                  metadata={"format": "pt"})
+        meta = asdict(cfg)
+        meta.update(base_model_name_or_path=base_model_name_or_path
+                    or cfg.base_model_name_or_path,
+                    task_type=task_type or cfg.task_type, inference_mode=True)
+        (out / CONFIG_NAME).write_text(json.dumps(meta, indent=2, sort_keys=True) + "\n")
+    if distributed:
+        dist.barrier()
     return out
 
 

@@ -5,8 +5,10 @@
 Every rank builds the same model (pretrained base + LoRA on q_proj, v_proj; with ``--qlora``
 the base's targeted layers are 4-bit NF4 first; with ``--full`` every weight trains), wraps it
 in DistributedDataParallel and trains on its shard of each global batch. Rank 0 alone writes
-``<out>/adapters.safetensors`` (the trained adapters; every weight with ``--full``) and
-``<out>/run.json`` (losses, bytes all-reduced per step, trainable parameter count, world size).
+``<out>/adapters.safetensors`` (the trainable tensors by parameter name: the adapters, or
+every weight with ``--full``), ``<out>/adapter/`` (LoRA / QLoRA: the adapter in PEFT's format,
+written by :func:`labkit.adapters.save_adapter`) and ``<out>/run.json`` (losses, bytes
+all-reduced per step, trainable parameter count, world size).
 The same command runs on one process (``--nproc_per_node=1``): the reference a DDP run must
 equal.
 """
@@ -49,8 +51,8 @@ def main(argv=None) -> int:
     from safetensors.torch import save_file
     from torch.nn.parallel import DistributedDataParallel
 
+    from labkit import adapters, lora, models, qlora, train
     from labkit import distributed as D
-    from labkit import lora, models, qlora, train
     from labkit.data import get_task
 
     torch.set_num_threads(1)
@@ -80,6 +82,8 @@ def main(argv=None) -> int:
                         progress=False, checkpoint_dir=args.checkpoint_dir,
                         checkpoint_every=args.checkpoint_every, resume=args.resume)
         n_trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+        if not args.full:  # every rank calls it; rank 0 writes, the others wait
+            adapters.save_adapter(ddp, Path(args.out) / "adapter")
         if D.is_main():
             out = Path(args.out)
             out.mkdir(parents=True, exist_ok=True)

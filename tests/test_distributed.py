@@ -15,8 +15,8 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+from labkit import adapters, lora, models, quant, train
 from labkit import distributed as D
-from labkit import lora, models, quant, train
 from labkit.data import get_task
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -93,6 +93,16 @@ def test_two_process_gloo_run_equals_one_process(ddp_run):
     # the history holds the global batch's loss (all-reduced), not rank 0's shard's
     assert len(run["loss"]) == STEPS
     assert run["loss"] == pytest.approx(ref_loss, abs=1e-5, rel=0)
+
+
+def test_rank_0_saved_the_adapter_once_in_peft_format(ddp_run):
+    ddp, _, ckpt = ddp_run
+    model = models.load_pretrained().model
+    adapters.load_adapter(model, ckpt.parent / "adapter")  # no "module." prefix in the keys
+    loaded = {n: p.detach() for n, p in model.named_parameters() if ".lora_" in n}
+    assert loaded.keys() == ddp.keys()
+    for k in ddp:
+        assert torch.equal(loaded[k], ddp[k]), k
 
 
 @pytest.mark.timeout(180)
