@@ -35,6 +35,10 @@ import dataclasses
 import datetime
 import os
 import random
+import re
+import subprocess
+import sys
+from pathlib import Path
 
 from labkit import _deps  # noqa: F401  (one clear line when torch is missing)
 
@@ -72,6 +76,8 @@ def init_from_env(backend: str | None = None, timeout_s: float = DEFAULT_TIMEOUT
                            "`torchrun --standalone --nproc_per_node=2 script.py`")
     if backend is None:
         backend = "nccl" if torch.cuda.is_available() else "gloo"
+    if backend == "nccl":  # one GPU per rank: rank r on this node drives cuda:LOCAL_RANK
+        torch.cuda.set_device(local_device())
     if not dist.is_initialized():
         try:
             dist.init_process_group(backend, timeout=datetime.timedelta(seconds=timeout_s))
@@ -83,6 +89,14 @@ def init_from_env(backend: str | None = None, timeout_s: float = DEFAULT_TIMEOUT
                 f"MASTER_ADDR:MASTER_PORT ({os.environ['MASTER_ADDR']}:"
                 f"{os.environ['MASTER_PORT']}) is reachable") from e
     return dist.get_rank(), dist.get_world_size()
+
+
+def local_device() -> torch.device:
+    """The device this rank trains on: ``cuda:<LOCAL_RANK>`` when CUDA is there (torchrun
+    sets ``LOCAL_RANK``, the rank's index on its machine), else the CPU."""
+    if torch.cuda.is_available():
+        return torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
+    return torch.device("cpu")
 
 
 def rank() -> int:
@@ -179,3 +193,62 @@ def _counting_allreduce_hook(state: CommCounter, bucket):
     state.bytes += buf.numel() * buf.element_size()
     state.calls += 1
     return allreduce_hook(state.group, bucket)
+
+
+def ring_allreduce_bytes(nbytes: int, world_size: int) -> float:
+    """Bytes each rank sends (and receives) to all-reduce a buffer of ``nbytes`` in a ring.
+
+    A ring all-reduce is a reduce-scatter then an all-gather, each W - 1 rounds of a
+    1/W-sized chunk, so every rank sends
+
+        2 * (W - 1) / W * nbytes
+
+    which approaches twice the buffer as W grows, whatever the number of ranks: the cost per
+    rank depends on what is all-reduced (the trainable gradients), not on how many ranks.
+    """
+    if world_size < 1:
+        raise ValueError(f"world_size must be >= 1, got {world_size}")
+    return 2 * (world_size - 1) / world_size * nbytes
+
+
+def torchrun_command(script: str | Path, *args: str, nproc: int = 2) -> list[str]:
+    """``torchrun --standalone --nproc_per_node=<nproc> <script> <args>`` with the torchrun
+    of this Python environment (``--standalone``: a local rendezvous on a free port)."""
+    torchrun = Path(sys.executable).with_name("torchrun")
+    if not torchrun.exists():
+        raise FileNotFoundError(f"no torchrun next to {sys.executable}; it comes with torch: "
+                                "`pip install torch==2.13.0` (or `make setup`)")
+    return [str(torchrun), "--standalone", f"--nproc_per_node={nproc}", str(script),
+            *map(str, args)]
+
+
+def launch(script: str | Path, *args: str, nproc: int = 2, timeout: float = 120,
+           check: bool = True, env: dict[str, str] | None = None
+           ) -> subprocess.CompletedProcess:
+    """Run ``script`` on ``nproc`` processes with torchrun and wait for it (from a notebook
+    or a test). Each process gets one thread: W processes on a small CPU would otherwise
+    fight over the same cores.
+
+    Args:
+        env: extra environment variables for the processes.
+        check: raise when the run fails.
+
+    Returns:
+        the finished process, its output captured as text.
+
+    Raises:
+        RuntimeError: (``check``) a non-zero exit; the message ends with the output's tail.
+    """
+    full_env = {**os.environ, "OMP_NUM_THREADS": "1", "OMP_WAIT_POLICY": "PASSIVE",
+                **(env or {})}
+    cmd = torchrun_command(script, *args, nproc=nproc)
+    r = subprocess.run(cmd, env=full_env, capture_output=True, text=True, timeout=timeout)
+    if check and r.returncode:
+        # torchrun ends with its own failure summary; the ranks' exceptions come before it
+        lines = (r.stdout + r.stderr).splitlines()
+        found = (re.match(r"(\[rank\d+\]:\s*)?([\w.]*(Error|Exception)\b: \S.*)", ln)
+                 for ln in lines)
+        errors = dict.fromkeys(m.group(2).strip() for m in found if m)  # once, not per rank
+        raise RuntimeError(f"{' '.join(cmd[1:])} exited with {r.returncode}:\n"
+                           + "\n".join([*errors, "...", *lines[-6:]]))
+    return r

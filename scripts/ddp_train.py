@@ -62,7 +62,8 @@ def main(argv=None) -> int:
         if args.word_len:
             task = dataclasses.replace(task, min_len=args.word_len, max_len=args.word_len)
         task = D.shard_task(task, args.batch_size, rank, world)  # checks divisibility first
-        model = models.load_pretrained().model
+        device = D.local_device()  # cuda:LOCAL_RANK on a GPU machine, else the CPU
+        model = models.load_pretrained().model.to(device)
         torch.manual_seed(args.seed)  # A's init; DDP also broadcasts rank 0's weights
         targets, r, alpha = ["q_proj", "v_proj"], 4, 8
         if args.full:
@@ -71,7 +72,9 @@ def main(argv=None) -> int:
             qlora.prepare_qlora(model, targets, r=r, alpha=alpha, dropout=args.dropout)
         else:
             lora.add_lora(model, targets, r=r, alpha=alpha, dropout=args.dropout)
-        ddp = DistributedDataParallel(model)  # frozen base: only adapters join the reducer
+        # frozen base: only the adapters join DDP's reducer
+        ddp = DistributedDataParallel(model, device_ids=[device] if device.type == "cuda"
+                                      else None)
         counter = D.CommCounter.attach(ddp)
         start = 0
         if args.resume:

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import os
 import shutil
 import subprocess
 import sys
@@ -20,7 +19,6 @@ from labkit import distributed as D
 from labkit.data import get_task
 
 ROOT = Path(__file__).resolve().parents[1]
-TORCHRUN = Path(sys.executable).with_name("torchrun")
 STEPS, BATCH, WORD_LEN = 4, 8, 6
 #: DDP splits each matmul over rows and sums the two halves' gradients in another order
 #: than one process does: rounding differences only, a few ulp of fp32 grown over 4 steps.
@@ -29,15 +27,10 @@ ATOL = 1e-6
 
 def torchrun(out: Path, nproc: int = 2, *extra: str, timeout: float = 90,
              fail_at: int | None = None):
-    env = {k: v for k, v in os.environ.items() if k != train.FAIL_ENV}
-    env.update(OMP_NUM_THREADS="1", OMP_WAIT_POLICY="PASSIVE")
-    if fail_at is not None:
-        env[train.FAIL_ENV] = str(fail_at)
-    cmd = [str(TORCHRUN), "--standalone", f"--nproc_per_node={nproc}",
-           str(ROOT / "scripts" / "ddp_train.py"), "--out", str(out), "--steps", str(STEPS),
-           "--batch-size", str(BATCH), "--word-len", str(WORD_LEN), *extra]
-    return subprocess.run(cmd, env=env, cwd=ROOT, capture_output=True, text=True,
-                          timeout=timeout)
+    env = {train.FAIL_ENV: str(fail_at) if fail_at is not None else ""}
+    return D.launch(ROOT / "scripts" / "ddp_train.py", "--out", out, "--steps", STEPS,
+                    "--batch-size", BATCH, "--word-len", WORD_LEN, *extra, nproc=nproc,
+                    timeout=timeout, check=False, env=env)
 
 
 def single_process_adapters(word_len: int = WORD_LEN, steps: int = STEPS, resume_from=None
@@ -208,10 +201,48 @@ def test_full_fine_tuning_all_reduces_every_parameter(tmp_path):
 
 
 def test_world_size_that_does_not_divide_the_batch_fails_clearly(tmp_path):
-    r = torchrun(tmp_path, 3)
-    assert r.returncode != 0
-    assert "global batch_size 8 is not divisible by world size 3" in r.stdout + r.stderr
+    with pytest.raises(RuntimeError) as e:  # launch(check=True) raises with the output's tail
+        D.launch(ROOT / "scripts" / "ddp_train.py", "--out", tmp_path, "--batch-size", BATCH,
+                 nproc=3, timeout=90)
+    assert "--nproc_per_node=3" in str(e.value)
+    assert "global batch_size 8 is not divisible by world size 3" in str(e.value)
     assert not (tmp_path / "run.json").exists()
+
+
+def simulated_ring_allreduce(buffers: list[list[float]]) -> tuple[list[list[float]], int]:
+    """A ring all-reduce done by hand: W ranks, each buffer cut into W chunks; W - 1 rounds
+    of reduce-scatter (send a chunk to the right neighbour, who adds it), then W - 1 rounds
+    of all-gather (pass the finished chunks on). Returns the buffers and the elements
+    rank 0 sent."""
+    w, n = len(buffers), len(buffers[0])
+    bufs = [list(b) for b in buffers]
+    bounds = [(i * n // w, (i + 1) * n // w) for i in range(w)]
+    sent0 = 0
+    for phase in ("reduce", "gather"):
+        for step in range(w - 1):
+            # rank r sends chunk (r - step) (reduce) or (r + 1 - step) (gather) to rank r + 1
+            msgs = []
+            for r in range(w):
+                c = (r - step + (phase == "gather")) % w
+                lo, hi = bounds[c]
+                msgs.append(((r + 1) % w, lo, hi, bufs[r][lo:hi]))
+                sent0 += (hi - lo) * (r == 0)
+            for dst, lo, hi, vals in msgs:
+                for i, v in zip(range(lo, hi), vals, strict=True):
+                    bufs[dst][i] = bufs[dst][i] + v if phase == "reduce" else v
+    return bufs, sent0
+
+
+@pytest.mark.parametrize("world", [1, 2, 3, 4, 8])
+def test_ring_allreduce_bytes_counts_what_a_ring_sends(world):
+    n = 24
+    buffers = [[float(r * 100 + i) for i in range(n)] for r in range(world)]
+    out, sent = simulated_ring_allreduce(buffers)
+    total = [sum(b[i] for b in buffers) for i in range(n)]
+    assert all(b == total for b in out)  # the simulation is a correct all-reduce
+    assert D.ring_allreduce_bytes(4 * n, world) == 4 * sent
+    with pytest.raises(ValueError, match="world_size must be >= 1"):
+        D.ring_allreduce_bytes(4, 0)
 
 
 def test_shard_task_splits_the_global_batch():
