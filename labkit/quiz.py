@@ -14,6 +14,9 @@ widget view plus a plain-text fallback that never shows the answer)::
     quiz.show(topic="lora-params", generated=1, seed=0)  # plus a fresh numeric item
     quiz.flashcards(); quiz.practice("qlora"); quiz.take_test(seed=0); quiz.explain()
 
+The review modes (flashcards, explain, the test) draw on the six core topics of DESIGN.md
+unless given topics; the lesson topics (``memory``, ``scaling``) are asked by name.
+
 Terminal: ``python -m labkit.quiz [TOPIC|practice|test|flashcards|explain|progress|reset]``
 with ``--seed``, ``--n``, ``--progress PATH`` and ``--bank DIR``; answers are read from stdin,
 so a piped file runs a whole test.
@@ -47,6 +50,10 @@ DIFFICULTIES = ("easy", "medium", "hard")
 SCORED_KINDS = ("choice", "scenario", "code_output", "find_bug")
 #: The six course topics of DESIGN.md; lesson files may add more topics to the bank.
 CORE_TOPICS = ("lora-basics", "lora-params", "qlora", "quantization", "benefits", "lora-is-not")
+#: What the review modes (flashcards, explain, the 10-question test) draw on when no topic is
+#: given: the core topics. Lesson topics (``memory``, ``scaling``) are asked by name, so the
+#: review of lesson 08 stays on the cheat sheet. A bank with none of these uses all its topics.
+REVIEW_TOPICS = CORE_TOPICS
 #: Topics each lesson's closing quiz draws from (``lesson_quiz("01")``).
 LESSON_TOPICS = {
     "00": ("lora-basics",),
@@ -55,10 +62,10 @@ LESSON_TOPICS = {
     "03": ("benefits", "lora-is-not"),
     "04": ("quantization",),
     "05": ("qlora",),
-    "06": ("quantization", "qlora"),
+    "06": ("memory", "qlora"),
     "07": CORE_TOPICS,
     "08": CORE_TOPICS,
-    "09": ("benefits", "qlora"),
+    "09": ("scaling", "benefits"),
 }
 TEST_PLAN = ("easy",) * 3 + ("medium",) * 4 + ("hard",) * 3
 
@@ -637,23 +644,37 @@ class Progress:
 # ------------------------------------------------------------------ selection and scoring
 
 
-def pick_test(bank: Bank, seed: int = 0, n: int = 10) -> list[Item]:
+def review_topics(bank: Bank) -> tuple[str, ...]:
+    """The topics a review draws on by default: those of ``REVIEW_TOPICS`` that ``bank``
+    has, or every topic of a bank that has none of them (a teacher's own bank)."""
+    have = tuple(t for t in REVIEW_TOPICS if t in bank.titles)
+    return have or tuple(bank.topics)
+
+
+def pick_test(bank: Bank, seed: int = 0, n: int = 10, topics=None) -> list[Item]:
     """A test: ``TEST_PLAN`` difficulties (3 easy, 4 medium, 3 hard), spread over topics.
 
     Only kinds with one right answer (``SCORED_KINDS``) are drawn; each slot takes an item
-    from a topic used least so far, chosen at random from ``seed``.
+    from a topic used least so far, chosen at random from ``seed``. ``topics`` (a tuple of
+    names) limits the draw; default :func:`review_topics`, the core topics.
     """
     if n != len(TEST_PLAN):
         raise ValueError(f"a test has {len(TEST_PLAN)} items, got n={n}")
+    topics = review_topics(bank) if topics is None else _known_topics(bank, topics)
     rng = random.Random(seed)
     used: dict[str, int] = {}
     picked: list[Item] = []
     for difficulty in TEST_PLAN:
         pool = [
-            it for it in bank.select(kind=SCORED_KINDS, difficulty=difficulty) if it not in picked
+            it
+            for it in bank.select(topic=topics, kind=SCORED_KINDS, difficulty=difficulty)
+            if it not in picked
         ]
         if not pool:
-            raise QuizError(f"the bank has too few {difficulty} scored items for a test")
+            raise QuizError(
+                f"the bank has too few {difficulty} scored items for a test on "
+                f"{', '.join(topics)}"
+            )
         least = min(used.get(it.topic, 0) for it in pool)
         choice = rng.choice([it for it in pool if used.get(it.topic, 0) == least])
         used[choice.topic] = used.get(choice.topic, 0) + 1
@@ -674,15 +695,22 @@ def pick(
             )
         return [bank.by_id[i] for i in ids]
     if topic is not None:
-        for t in (topic,) if isinstance(topic, str) else topic:
-            if t not in bank.titles:
-                raise QuizError(f"no topic {t!r}; topics: {', '.join(bank.topics)}")
+        _known_topics(bank, topic)
     items = bank.select(topic=topic, kind=kind, difficulty=difficulty)
     if not items:
         raise QuizError(f"no items match topic={topic!r}, kind={kind!r}, difficulty={difficulty!r}")
     rng = random.Random(seed)
     items = rng.sample(items, len(items))
     return items if n is None else items[:n]
+
+
+def _known_topics(bank: Bank, topic) -> tuple[str, ...]:
+    """``topic`` (a name or several) as a tuple, each checked to be in ``bank``."""
+    topics = (topic,) if isinstance(topic, str) else tuple(topic)
+    for t in topics:
+        if t not in bank.titles:
+            raise QuizError(f"no topic {t!r}; topics: {', '.join(bank.topics)}")
+    return topics
 
 
 @dataclass
@@ -992,17 +1020,23 @@ def lesson_quiz(lesson: str, n: int = 3, seed: int = 0, progress=None, bank=None
 
 
 def _study(bank, topic, mode: str, title: str, command: str, kind=None, n=None, seed: int = 0,
-           progress=None) -> Session:
-    """A study session of ``kind`` items on ``topic``, in a seeded order."""
+           progress=None, review: bool = False) -> Session:
+    """A study session of ``kind`` items on ``topic``, in a seeded order; with ``review`` and
+    no topic, the :func:`review_topics` instead of the whole bank."""
     bank = bank if isinstance(bank, Bank) else load_bank(bank)
+    if topic is None and review:
+        topic = review_topics(bank)
     items = pick(bank, topic, kind=kind, n=n, seed=seed)
     return Session(items, mode=mode, progress=_progress(progress), title=title, command=command)
 
 
 def flashcards(topic=None, seed: int = 0, n=None, progress=None, bank=None) -> Session:
-    """Recall cards: read the question, reveal the answer, say whether you knew it."""
+    """Recall cards: read the question, reveal the answer, say whether you knew it.
+
+    ``topic``: a name or a tuple of names; default the core topics (:func:`review_topics`).
+    """
     return _study(bank, topic, "flashcards", "Flashcards", "flashcards", "recall", n, seed,
-                  progress)
+                  progress, review=True)
 
 
 def practice(topic=None, seed: int = 0, n=None, progress=None, bank=None) -> Session:
@@ -1011,16 +1045,23 @@ def practice(topic=None, seed: int = 0, n=None, progress=None, bank=None) -> Ses
 
 
 def explain(topic=None, seed: int = 0, n=None, progress=None, bank=None) -> Session:
-    """Explain-in-your-own-words items, scored against their concept checklists."""
+    """Explain-in-your-own-words items, scored against their concept checklists.
+
+    ``topic``: a name or a tuple of names; default the core topics (:func:`review_topics`).
+    """
     return _study(bank, topic, "explain", "Explain in your own words", "explain", "explain", n,
-                  seed, progress)
+                  seed, progress, review=True)
 
 
-def take_test(seed: int = 0, progress=None, bank=None) -> Session:
-    """The 10-question test (3 easy, 4 medium, 3 hard), scored with a per-topic breakdown."""
+def take_test(seed: int = 0, progress=None, bank=None, topics=None) -> Session:
+    """The 10-question test (3 easy, 4 medium, 3 hard), scored with a per-topic breakdown.
+
+    ``topics``: a tuple of topic names to draw from; default the core topics
+    (:func:`review_topics`), e.g. ``topics=quiz.load_bank().topics`` for every topic.
+    """
     bank = bank if isinstance(bank, Bank) else load_bank(bank)
     return Session(
-        pick_test(bank, seed),
+        pick_test(bank, seed, topics=topics),
         mode="test",
         progress=_progress(progress),
         title=f"Test (seed {seed}): 10 questions",
@@ -1151,8 +1192,10 @@ def main(argv=None, stdin=None, stdout=None) -> int:
                 f"unknown mode {args.mode!r}; use a topic ({', '.join(bank.topics)})"
                 " or practice, test, flashcards, explain, progress, reset"
             )
-        items = pick(bank, topic, kind=kind, n=args.n, seed=args.seed)
         mode = "practice" if topic else args.mode
+        if kind is not None:  # flashcards and explain review the core topics, as in lessons
+            topic = review_topics(bank)
+        items = pick(bank, topic, kind=kind, n=args.n, seed=args.seed)
         fbs = term.run(items, mode, f"{mode.capitalize()}: {len(items)} items.")
         done = [fb for fb in fbs if fb is not None]
         term.say(f"\nDone: {sum(bool(fb.correct) for fb in done)}/{len(done)} right.")

@@ -309,18 +309,52 @@ def test_a_test_mixes_difficulties_and_topics():
         items = quiz.pick_test(BANK, seed)
         levels = [it.difficulty for it in items]
         assert levels == ["easy"] * 3 + ["medium"] * 4 + ["hard"] * 3
-        assert len({it.topic for it in items}) == 6
+        assert {it.topic for it in items} == set(quiz.CORE_TOPICS)  # review: core topics only
         assert len({it.id for it in items}) == 10
         assert all(it.kind in quiz.SCORED_KINDS for it in items)
     assert quiz.pick_test(BANK, 0) == quiz.pick_test(BANK, 0) != quiz.pick_test(BANK, 1)
+
+
+def test_a_test_on_chosen_topics_draws_only_from_them():
+    extra = tuple(t for t in BANK.topics if t not in quiz.CORE_TOPICS)
+    assert extra  # the lesson topics (memory, scaling)
+    every = quiz.pick_test(BANK, 0, topics=BANK.topics)
+    assert {it.topic for it in every} == set(BANK.topics)  # least-used topic first: all 8
+    three = quiz.pick_test(BANK, 0, topics=("memory", "scaling", "qlora"))
+    assert {it.topic for it in three} == {"memory", "scaling", "qlora"}
+    with pytest.raises(quiz.QuizError, match=r"too few easy scored items for a test on memory$"):
+        quiz.pick_test(BANK, 0, topics=("memory",))
+    with pytest.raises(quiz.QuizError, match=r"no topic 'nope'; topics: benefits"):
+        quiz.take_test(topics=("nope",))
+
+
+def test_review_topics_of_a_bank_without_core_topics_are_all_its_topics(tmp_path):
+    directory = write_bank(
+        tmp_path,
+        {"mine.yaml": topic_file(good_item(topic="mine"), topic="mine")},
+    )
+    bank = quiz.load_bank(directory, cache=False)
+    assert quiz.review_topics(bank) == ("mine",)
+    assert quiz.review_topics(BANK) == quiz.CORE_TOPICS
 
 
 def test_study_mode_sessions_hold_the_right_items(tmp_path):
     progress = tmp_path / "p.json"
     cards = quiz.flashcards(progress=progress)
     assert {v.item.kind for v in cards.views} == {"recall"}
-    assert len(cards.views) == len(BANK.select(kind="recall"))
-    assert {v.item.kind for v in quiz.explain(progress=progress).views} == {"explain"}
+    # with no topic, the review modes cover the core topics, every one of their items
+    assert len(cards.views) == len(BANK.select(topic=quiz.CORE_TOPICS, kind="recall"))
+    assert {v.item.topic for v in cards.views} == set(quiz.CORE_TOPICS)
+    explained = quiz.explain(progress=progress).views
+    assert {v.item.kind for v in explained} == {"explain"}
+    assert {v.item.id for v in explained} == {
+        it.id for it in BANK.select(topic=quiz.CORE_TOPICS, kind="explain")
+    }
+    memory_cards = quiz.flashcards("memory", progress=progress)
+    assert {v.item.id for v in memory_cards.views} == {
+        it.id for it in BANK.select(topic="memory", kind="recall")
+    }
+    assert len(quiz.practice(progress=progress).views) == len(BANK.items)  # practice: all
     practice = quiz.practice("qlora", n=4, seed=2, progress=progress)
     assert len(practice.views) == 4 and {v.item.topic for v in practice.views} == {"qlora"}
     assert practice.text().endswith("python -m labkit.quiz qlora)")
@@ -335,6 +369,9 @@ def test_lesson_quiz_and_show_are_seeded():
     assert a.text() == b.text() and len(a.views) == 3
     assert [v.item.difficulty for v in a.views] == ["easy", "medium", "hard"]
     assert len(quiz.lesson_quiz("04", n=50).views) == len(BANK.select(topic="quantization"))
+    for lesson, topics in (("06", {"memory", "qlora"}), ("09", {"scaling", "benefits"})):
+        views = quiz.lesson_quiz(lesson, n=50).views
+        assert {v.item.id for v in views} == {it.id for it in BANK.select(topic=tuple(topics))}
     mixed = quiz.show(topic="lora-params", n=2, generated=2, seed=5)
     assert [v.item.id for v in mixed.views][2:] == ["gen-lora-count-5", "gen-model-bytes-6"]
     with pytest.raises(quiz.QuizError, match=r"no quiz for lesson '42'; lessons: 00, 01"):
@@ -593,6 +630,10 @@ def test_terminal_flashcards_explain_and_progress(tmp_path):
         stdout=out,
     )
     assert out.getvalue().count("Did you know it?") == 2 and "Done: 1/2 right." in out.getvalue()
+    assert out.getvalue().startswith("Flashcards: 2 items.")
+    cards = quiz.pick(BANK, quiz.CORE_TOPICS, kind="recall", n=2, seed=0)  # core topics, as 08
+    saved = quiz.Progress(progress).attempts
+    assert [(a["id"], a["mode"]) for a in saved] == [(it.id, "flashcards") for it in cards]
     out = io.StringIO()
     answer = BANK.by_id["qz-explain"].answer
     quiz.main(

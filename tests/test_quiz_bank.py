@@ -35,11 +35,20 @@ def by_kind(kind):
 
 
 def test_every_topic_file_loads_with_its_items():
-    assert set(BANK.titles) == set(quiz.CORE_TOPICS)
-    assert {it.source for it in BANK.items} == {
-        f"quizzes/{t.replace('-', '_')}.yaml" for t in quiz.CORE_TOPICS
-    }
+    # the six core topics are all there; any other topic file is a lesson's own topic
+    assert set(quiz.CORE_TOPICS) <= set(BANK.titles)
+    files = {p.name for p in quiz.BANK_DIR.glob("*.yaml")}
+    assert files == {f"{t.replace('-', '_')}.yaml" for t in BANK.titles}
+    assert {it.source for it in BANK.items} == {f"quizzes/{f}" for f in files}
     assert len({it.id for it in BANK.items}) == len(BANK.items)
+
+
+def test_every_lesson_topic_exists_and_every_extra_topic_is_asked_by_a_lesson():
+    asked = {t for topics in quiz.LESSON_TOPICS.values() for t in topics}
+    assert asked <= set(BANK.titles), asked - set(BANK.titles)
+    extra = set(BANK.titles) - set(quiz.CORE_TOPICS)
+    assert extra <= asked, f"topics no lesson quiz draws on: {sorted(extra - asked)}"
+    assert set(quiz.REVIEW_TOPICS) == set(quiz.CORE_TOPICS)
 
 
 def test_counts_per_topic_kind_and_difficulty():
@@ -47,11 +56,26 @@ def test_counts_per_topic_kind_and_difficulty():
     topics = Counter(it.topic for it in HAND_WRITTEN)
     kinds = Counter(it.kind for it in HAND_WRITTEN)
     levels = Counter(it.difficulty for it in HAND_WRITTEN)
-    assert all(topics[t] >= 4 for t in quiz.CORE_TOPICS), topics
+    assert all(topics[t] >= 4 for t in BANK.titles), topics
     assert all(kinds[k] >= 3 for k in quiz.KINDS), kinds
     assert all(levels[d] >= 10 for d in quiz.DIFFICULTIES), levels
     # the 10-question test needs at least 3 / 4 / 3 scorable items of each difficulty
     scored = Counter(it.difficulty for it in HAND_WRITTEN if it.kind in quiz.SCORED_KINDS)
+    assert scored["easy"] >= 3 and scored["medium"] >= 4 and scored["hard"] >= 3, scored
+
+
+@pytest.mark.parametrize("topic", sorted(BANK.titles))
+def test_every_topic_has_every_kind_and_difficulty(topic):
+    items = [it for it in HAND_WRITTEN if it.topic == topic]
+    assert {it.kind for it in items} == set(quiz.KINDS)
+    assert {it.difficulty for it in items} == set(quiz.DIFFICULTIES)
+
+
+def test_the_core_topics_alone_still_fill_a_test():
+    # the review (flashcards, the 10-question test) draws on the core topics only
+    core = [it for it in HAND_WRITTEN if it.topic in quiz.CORE_TOPICS]
+    assert len(core) >= 40
+    scored = Counter(it.difficulty for it in core if it.kind in quiz.SCORED_KINDS)
     assert scored["easy"] >= 3 and scored["medium"] >= 4 and scored["hard"] >= 3, scored
 
 
