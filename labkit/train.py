@@ -39,9 +39,10 @@ resumed run follows the identical trajectory (bitwise on a CPU with fixed thread
 No pickles: tensors in safetensors, everything else JSON.
 
 Data parallel (DDP under ``torchrun``, see :mod:`labkit.distributed`): the same call trains a
-``DistributedDataParallel`` model. Every rank draws the same global batch from the stream and
-the task keeps its shard; torch's RNG is seeded per rank (``seed + RANK_STRIDE * rank``), so
-dropout masks differ between shards as they would between rows of one batch. The loss each
+``DistributedDataParallel`` model (or an FSDP one, without checkpoints: its ranks hold
+shards). Every rank draws the same global batch from the stream and the task keeps its shard;
+torch's RNG is seeded per rank (``seed + RANK_STRIDE * rank``), so dropout masks differ
+between shards as they would between rows of one batch. The loss each
 rank backpropagates is weighted by tokens, so that DDP's gradient average is the gradient of
 the global batch's mean loss even when shards hold different numbers of answer tokens:
 
@@ -303,9 +304,20 @@ def _rank_world() -> tuple[int, int]:
     return 0, 1
 
 
+def _fsdp_kind(model: torch.nn.Module) -> str | None:
+    """``"fsdp1"`` (``FullyShardedDataParallel``), ``"fsdp2"`` (``fully_shard``) or None."""
+    from torch.distributed.fsdp import FSDPModule, FullyShardedDataParallel
+
+    if isinstance(model, FullyShardedDataParallel):
+        return "fsdp1"
+    return "fsdp2" if isinstance(model, FSDPModule) else None
+
+
 def _data_parallel_world(model: torch.nn.Module) -> int:
-    """W when ``model`` is a DDP replica whose gradients are averaged over W ranks, else 1."""
-    if isinstance(model, torch.nn.parallel.DistributedDataParallel) and _distributed():
+    """W when ``model``'s gradients are averaged over W ranks (DDP, or FSDP, which averages
+    its reduce-scattered gradients the same way), else 1."""
+    if _distributed() and (isinstance(model, torch.nn.parallel.DistributedDataParallel)
+                           or _fsdp_kind(model)):
         return torch.distributed.get_world_size()
     return 1
 
@@ -512,6 +524,12 @@ def train(model: torch.nn.Module, task: str | Task, steps: int = 200, lr: float 
                          f"{checkpoint_every!r}")
     if (checkpoint_every is not None or resume) and checkpoint_dir is None:
         raise ValueError("checkpoint_every / resume need checkpoint_dir= (where checkpoints go)")
+    fsdp = _fsdp_kind(model)
+    if fsdp and checkpoint_dir is not None:
+        raise ValueError(f"checkpoints of an FSDP model ({fsdp}) are not supported: each rank "
+                         "holds only its shard of the weights and optimizer state, which "
+                         "save_checkpoint would write as if whole. Train with DDP to "
+                         "checkpoint, or pass checkpoint_dir=None")
     fail_at = _fail_at()
     tasks = [task] + [t for t in map(get_task, eval_tasks or []) if t.name != task.name]
 
@@ -584,7 +602,9 @@ def train(model: torch.nn.Module, task: str | Task, steps: int = 200, lr: float 
             scaler.unscale_(opt)
         else:
             loss.backward()
-        if grad_clip is not None:
+        if grad_clip is not None and fsdp == "fsdp1":  # each rank holds a piece of each
+            model.clip_grad_norm_(grad_clip)  # gradient: the norm needs all the pieces
+        elif grad_clip is not None:  # (DDP and FSDP2's DTensors see the whole norm)
             torch.nn.utils.clip_grad_norm_(params, grad_clip)
         if scaler is not None:
             scaler.step(opt)
