@@ -48,6 +48,9 @@ import torch.distributed as dist
 
 from labkit.data import Task, encode_pairs, get_task
 
+#: The course's DDP fine-tuning script (LoRA, QLoRA or full), for :func:`launch`.
+DDP_TRAIN = Path(__file__).resolve().parents[1] / "scripts" / "ddp_train.py"
+
 #: Collective / rendezvous timeout: a peer that never arrives fails the run in seconds,
 #: not after gloo's default 30 minutes.
 DEFAULT_TIMEOUT_S = 20

@@ -727,3 +727,52 @@ def bytes_per_param(rows: Mapping[str, Mapping[str, float]],
         ax.set_title(title)
         ax.legend(loc="lower right", ncol=2)
         return _finish(fig)
+
+
+# --- lesson 09: scaling out -----------------------------------------------------------------
+
+
+def human_bytes(n: float) -> str:
+    """``14336`` -> ``"14.3 kB"``: decimal units (kB = 10^3 B, MB = 10^6 B, GB = 10^9 B)."""
+    for unit, scale in (("GB", 1e9), ("MB", 1e6), ("kB", 1e3)):
+        if abs(n) >= scale:
+            return f"{n / scale:.1f} {unit}"
+    return f"{n:,.0f} B"
+
+
+def comm_bytes(panels: Mapping[str, Mapping[str, float]],
+               xlabel: str = "gradient bytes all-reduced per step") -> Figure:
+    """Side-by-side panels of horizontal bars on a log scale: what each method sends over
+    the network per step, e.g. the course model measured next to a 7B model counted.
+
+    A log axis because the point is the ratio: full fine-tuning all-reduces every
+    gradient (4 bytes x all parameters in fp32), LoRA only the adapters' r * (d + k) per
+    layer, a hundred to a thousand times less.
+
+    Args:
+        panels: panel title -> (method label -> bytes), bars drawn top to bottom; a label
+            starting with "full", "LoRA" or "QLoRA" gets that method's colour.
+    """
+    _check_nonempty("panels", panels)
+    for title, rows in panels.items():
+        _check_nonempty(f"panels[{title!r}]", rows)
+        bad = {k: v for k, v in rows.items() if not v > 0}
+        if bad:
+            raise ValueError(f"panels[{title!r}] has values that a log axis cannot show "
+                             f"(must be > 0): {bad}")
+    n_rows = max(len(r) for r in panels.values())
+    with course_style():
+        fig, axes = _new(1, len(panels), figsize=(5.2 * len(panels), 0.5 * n_rows + 1.6),
+                         squeeze=False)
+        for ax, (title, rows) in zip(axes[0], panels.items(), strict=True):
+            labels = list(rows)
+            colors = [_method_color(lb, COLORS["base"]) for lb in labels]
+            b = ax.barh(labels, [rows[k] for k in labels], color=colors)
+            ax.invert_yaxis()
+            ax.set_xscale("log")
+            ax.bar_label(b, labels=[human_bytes(rows[k]) for k in labels], padding=3,
+                         fontsize=8)
+            ax.set_xlim(min(rows.values()) / 3, max(rows.values()) * 12)
+            ax.set_xlabel(xlabel)
+            ax.set_title(title)
+        return _finish(fig)

@@ -309,3 +309,32 @@ def test_course_style_keeps_interactive_mode_switched_on_inside():
         assert matplotlib.is_interactive()
     finally:
         matplotlib.interactive(was)
+
+
+# --- lesson 09: scaling out ---
+
+
+@pytest.mark.parametrize("n, text", [(512, "512 B"), (14_336, "14.3 kB"),
+                                     (1_313_280, "1.3 MB"), (13.48e9, "13.5 GB")])
+def test_human_bytes_uses_decimal_units(n, text):
+    assert plots.human_bytes(n) == text
+
+
+def test_comm_bytes_draws_one_log_panel_per_model_in_method_colours():
+    panels = {"tiny, measured": {"full fine-tuning": 1_313_280, "LoRA": 14_336,
+                                 "QLoRA": 14_336},
+              "7B, counted": {"full fine-tuning": 13.5e9, "LoRA r=16": 8.4e6}}
+    fig = plots.comm_bytes(panels)
+    assert [ax.get_title() for ax in fig.axes] == list(panels)
+    for ax, rows in zip(fig.axes, panels.values(), strict=True):
+        assert ax.get_xscale() == "log"
+        assert [p.get_width() for p in ax.patches] == list(rows.values())
+        assert [t.get_text() for t in ax.texts] == [plots.human_bytes(v) for v in rows.values()]
+        assert [t.get_text() for t in ax.get_yticklabels()] == list(rows)
+    colors = [matplotlib.colors.to_hex(p.get_facecolor()) for p in fig.axes[0].patches]
+    assert colors == [plots.COLORS["full"].lower(), plots.COLORS["lora"].lower(),
+                      plots.COLORS["qlora"].lower()]
+    with pytest.raises(ValueError, match="must be > 0.*'LoRA': 0"):
+        plots.comm_bytes({"t": {"full": 1.0, "LoRA": 0}})
+    with pytest.raises(ValueError, match="panels is empty"):
+        plots.comm_bytes({})
