@@ -42,9 +42,9 @@ Data parallel (DDP under ``torchrun``, see :mod:`labkit.distributed`): the same 
 ``DistributedDataParallel`` model (or an FSDP one, without checkpoints: its ranks hold
 shards). Every rank draws the same global batch from the stream and the task keeps its shard;
 torch's RNG is seeded per rank (``seed + RANK_STRIDE * rank``), so dropout masks differ
-between shards as they would between rows of one batch. The loss each
-rank backpropagates is weighted by tokens, so that DDP's gradient average is the gradient of
-the global batch's mean loss even when shards hold different numbers of answer tokens:
+between shards as they would between rows of one batch. The loss each rank backpropagates is
+weighted by tokens, so that DDP's gradient average is the gradient of the global batch's mean
+loss even when shards hold different numbers of answer tokens:
 
     rank r backpropagates  W * S_r / N,    S_r = summed token losses of shard r,
                                            N = sum_r N_r answer tokens in the global batch
@@ -306,6 +306,8 @@ def _rank_world() -> tuple[int, int]:
 
 def _fsdp_kind(model: torch.nn.Module) -> str | None:
     """``"fsdp1"`` (``FullyShardedDataParallel``), ``"fsdp2"`` (``fully_shard``) or None."""
+    if not _distributed():  # FSDP needs a process group (and importing it takes ~0.5 s)
+        return None
     from torch.distributed.fsdp import FSDPModule, FullyShardedDataParallel
 
     if isinstance(model, FullyShardedDataParallel):
@@ -573,8 +575,7 @@ def train(model: torch.nn.Module, task: str | Task, steps: int = 200, lr: float 
     from tqdm.auto import tqdm
 
     bar = tqdm(range(start + 1, steps + 1), disable=not progress or rank != 0,
-               desc=f"train {task.name}",
-               leave=False)
+               desc=f"train {task.name}", leave=False)
     if eval_every is not None and start == 0:
         run_eval(0)
     model.train()
