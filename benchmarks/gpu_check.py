@@ -15,6 +15,11 @@ values, and trains the same batches with paged AdamW in bf16 compute. Printed pe
   so they agree to bf16 rounding), and no NaN. For the small model labkit's reference
   4-bit back end (pure PyTorch, on the GPU too) runs as a third contender.
 
+Then the scaling-out path of lesson 09 on the GPUs: ``scripts/ddp_train.py --qlora`` under
+``torchrun``, one process per GPU (at most 2) with ``nccl``. Checked: it runs, the bytes
+all-reduced per step are 4 x the adapter parameters, the loss falls, nothing is NaN. (In
+the dry run: one process with gloo on the CPU.)
+
     python benchmarks/gpu_check.py             # on a CUDA GPU: well under 5 minutes
     python benchmarks/gpu_check.py --dry-run   # anywhere, tiny sizes, seconds (a test runs it)
 
@@ -26,11 +31,13 @@ from __future__ import annotations
 import argparse
 import copy
 import gc
+import json
 import math
 import os
 import random
 import statistics
 import sys
+import tempfile
 import time
 import warnings
 from pathlib import Path
@@ -41,7 +48,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import torch  # noqa: E402
 
-from labkit import _deps, memory, models, qlora, train  # noqa: E402
+from labkit import _deps, distributed, memory, models, qlora, train  # noqa: E402
 from labkit import lora as L  # noqa: E402
 from labkit.data import get_task  # noqa: E402
 from labkit.env import pick_device, seed_everything  # noqa: E402
@@ -144,6 +151,31 @@ def run(model, batches, device, dtype, checkpointing=False) -> dict:
     return {"losses": losses, "times": times, "peak": peak, "estimate": est}
 
 
+def ddp_check(dry: bool) -> bool:
+    """Lesson 09's DDP script with a 4-bit base on this machine's GPUs (nccl); prints one
+    line and returns whether the run is sound."""
+    nproc = 1 if dry else min(2, torch.cuda.device_count())
+    steps = 2 if dry else 20
+    with tempfile.TemporaryDirectory() as out:
+        r = distributed.launch(distributed.DDP_TRAIN, "--out", out, "--qlora", "--steps", steps,
+                               "--batch-size", 16, "--word-len", 0, nproc=nproc, timeout=300,
+                               check=False)
+        if r.returncode:
+            print(f"DDP (torchrun, {nproc} process(es)): FAILED\n{r.stderr[-3000:]}")
+            return False
+        run = json.loads((Path(out) / "run.json").read_text())
+    loss = run["loss"]
+    exact = run["bytes_per_step"] == 4 * run["trainable_params"]
+    finite = all(math.isfinite(v) for v in loss)
+    falls = dry or loss[-1] < loss[0]
+    backend = "gloo" if dry else "nccl"
+    print(f"DDP (torchrun, {backend}, {nproc} process(es)): QLoRA {steps} steps, loss "
+          f"{loss[0]:.3f} -> {loss[-1]:.3f}; {run['bytes_per_step']:,.0f} bytes all-reduced per "
+          f"step = 4 x {run['trainable_params']:,} adapter params: {exact}; "
+          f"ok: {'yes' if exact and finite and falls else 'NO'}")
+    return exact and finite and falls
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--dry-run", action="store_true",
@@ -218,6 +250,7 @@ def main(argv=None) -> int:
               f"{loss:>9.4f} {gap:>10.2e}  {'yes' if good else 'NO'}")
     print("est. MB: labkit.memory.estimate of the same step (weights, quantization state, "
           "grads, optimizer, saved activations; no CUDA context or allocator cache)")
+    ok &= ddp_check(args.dry_run)
     if args.dry_run:
         print("dry run OK" if ok else "dry run FAILED")
     else:

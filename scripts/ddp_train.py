@@ -90,7 +90,7 @@ def main(argv=None) -> int:
         if D.is_main():
             out = Path(args.out)
             out.mkdir(parents=True, exist_ok=True)
-            save_file({n: p.detach().contiguous() for n, p in model.named_parameters()
+            save_file({n: p.detach().cpu().contiguous() for n, p in model.named_parameters()
                        if p.requires_grad}, str(out / "adapters.safetensors"))
             (out / "run.json").write_text(json.dumps({
                 "world_size": world, "full": args.full, "qlora": args.qlora, "loss": h.loss,
