@@ -80,7 +80,12 @@ def adapter_state_dict(model: nn.Module,
     cfg = _configs(model)[name]
     params = dict(model.named_parameters())
     keys = list(get_adapter_params(model, name)) + _bias_keys(model, cfg, name)
-    return {_file_key(k, name): params[k].detach().to("cpu").contiguous() for k in keys}
+    # an FSDP2-sharded parameter (a DTensor) is gathered whole first: a collective
+    return {_file_key(k, name): _whole(params[k]).detach().to("cpu").contiguous() for k in keys}
+
+
+def _whole(t: torch.Tensor) -> torch.Tensor:
+    return t.full_tensor() if hasattr(t, "full_tensor") else t
 
 
 def _resolve_name(model: nn.Module, adapter_name: str | None) -> str:
@@ -110,9 +115,10 @@ def save_adapter(model: nn.Module, directory, adapter_name: str | None = None, *
         task_type: PEFT's task type, e.g. ``"CAUSAL_LM"``; ``None`` loads as a plain
             ``PeftModel``.
 
-    Under torchrun a ``DistributedDataParallel`` model may be passed as it is: the replica
-    inside is saved (same keys as one process would write), by rank 0 only, and every rank
-    waits at a barrier until the files are there. The adapter is saved once, not W times.
+    Under torchrun a ``DistributedDataParallel`` or FSDP2 model may be passed as it is, and
+    every rank must call this: the replica inside is saved (same keys as one process would
+    write; FSDP2's shards are gathered first), by rank 0 only, and every rank waits at a
+    barrier until the files are there. The adapter is saved once, not W times.
 
     Returns:
         The directory.
@@ -126,10 +132,10 @@ def save_adapter(model: nn.Module, directory, adapter_name: str | None = None, *
     out = Path(directory)
     dist = torch.distributed
     distributed = dist.is_available() and dist.is_initialized()
+    tensors = adapter_state_dict(model, name)  # on every rank: FSDP2 gathers collectively
     if not distributed or dist.get_rank() == 0:
         out.mkdir(parents=True, exist_ok=True)
-        save_file(adapter_state_dict(model, name), str(out / WEIGHTS_NAME),
-                  metadata={"format": "pt"})
+        save_file(tensors, str(out / WEIGHTS_NAME), metadata={"format": "pt"})
         meta = asdict(cfg)
         meta.update(base_model_name_or_path=base_model_name_or_path
                     or cfg.base_model_name_or_path,

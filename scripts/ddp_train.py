@@ -4,7 +4,8 @@
 
 Every rank builds the same model (pretrained base + LoRA on q_proj, v_proj; with ``--qlora``
 the base's targeted layers are 4-bit NF4 first; with ``--full`` every weight trains), wraps it
-in DistributedDataParallel and trains on its shard of each global batch. Rank 0 alone writes
+in DistributedDataParallel (with ``--fsdp``: shards it with FSDP2) and trains on its shard of
+each global batch. Rank 0 alone writes
 ``<out>/adapters.safetensors`` (the trainable tensors by parameter name: the adapters, or
 every weight with ``--full``), ``<out>/adapter/`` (LoRA / QLoRA: the adapter in PEFT's format,
 written by :func:`labkit.adapters.save_adapter`) and ``<out>/run.json`` (losses, bytes
@@ -40,6 +41,9 @@ def main(argv=None) -> int:
                       help="full fine-tuning (every weight trains) instead of LoRA")
     mode.add_argument("--qlora", action="store_true",
                       help="QLoRA: q_proj, v_proj stored in 4 bits (NF4), adapters on top")
+    ap.add_argument("--fsdp", action="store_true",
+                    help="shard the model with FSDP2 instead of replicating it with DDP "
+                    "(no checkpoints, no byte count)")
     ap.add_argument("--timeout-s", type=float, default=20)
     ap.add_argument("--checkpoint-dir", default=None)
     ap.add_argument("--checkpoint-every", type=int, default=None)
@@ -72,35 +76,40 @@ def main(argv=None) -> int:
             qlora.prepare_qlora(model, targets, r=r, alpha=alpha, dropout=args.dropout)
         else:
             lora.add_lora(model, targets, r=r, alpha=alpha, dropout=args.dropout)
-        # frozen base: only the adapters join DDP's reducer
-        ddp = DistributedDataParallel(model, device_ids=[device] if device.type == "cuda"
-                                      else None)
-        counter = D.CommCounter.attach(ddp)
+        base_bytes = qlora.base_weight_nbytes(model)  # before sharding: whole tensors
+        if args.fsdp:  # each rank keeps 1/W of every weight, gathers a block to run it
+            wrapped, counter = D.fully_shard_model(model, device), None
+        else:  # a whole replica per rank; only the adapters join DDP's reducer
+            wrapped = DistributedDataParallel(
+                model, device_ids=[device] if device.type == "cuda" else None)
+            counter = D.CommCounter.attach(wrapped)
         start = 0
         if args.resume:
             ckpt = Path(args.checkpoint_dir) / train.CKPT_JSON
             start = json.loads(ckpt.read_text())["step"] if ckpt.is_file() else 0
-        h = train.train(ddp, task, steps=args.steps, lr=args.lr, batch_size=args.batch_size,
+        h = train.train(wrapped, task, steps=args.steps, lr=args.lr, batch_size=args.batch_size,
                         eval_n=8, seed=args.seed, optimizer=args.optimizer,
                         progress=False, checkpoint_dir=args.checkpoint_dir,
                         checkpoint_every=args.checkpoint_every, resume=args.resume)
-        n_trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+        trained = D.gather_trainable(wrapped)  # every rank: FSDP2 gathers collectively
+        n_trainable = sum(t.numel() for t in trained.values())
         if not args.full:  # every rank calls it; rank 0 writes, the others wait
-            adapters.save_adapter(ddp, Path(args.out) / "adapter")
+            adapters.save_adapter(wrapped, Path(args.out) / "adapter")
+        per_step = counter.bytes / (args.steps - start) if counter else None
         if D.is_main():
             out = Path(args.out)
             out.mkdir(parents=True, exist_ok=True)
-            save_file({n: p.detach().cpu().contiguous() for n, p in model.named_parameters()
-                       if p.requires_grad}, str(out / "adapters.safetensors"))
+            save_file(trained, str(out / "adapters.safetensors"))
             (out / "run.json").write_text(json.dumps({
-                "world_size": world, "full": args.full, "qlora": args.qlora, "loss": h.loss,
-                "base_weight_bytes": qlora.base_weight_nbytes(model),
-                "trainable_params": n_trainable,
-                "resumed_from": start,
-                "bytes_total": counter.bytes, "hook_calls": counter.calls,
-                "bytes_per_step": counter.bytes / (args.steps - start)}))
-            D.log(f"world {world}: loss {h.loss[0]:.4f} -> {h.loss[-1]:.4f}, "
-                  f"{counter.bytes / (args.steps - start):.0f} bytes all-reduced per step "
+                "world_size": world, "full": args.full, "qlora": args.qlora,
+                "fsdp": args.fsdp, "loss": h.loss, "base_weight_bytes": base_bytes,
+                "trainable_params": n_trainable, "resumed_from": start,
+                "bytes_total": counter.bytes if counter else None,
+                "hook_calls": counter.calls if counter else None,
+                "bytes_per_step": per_step}))
+            sent = (f"{per_step:.0f} bytes all-reduced per step" if counter
+                    else "FSDP2: gathers and reduce-scatters not counted")
+            D.log(f"world {world}: loss {h.loss[0]:.4f} -> {h.loss[-1]:.4f}, {sent} "
                   f"({n_trainable} trainable params)")
     finally:
         torch.distributed.destroy_process_group()

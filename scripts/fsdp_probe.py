@@ -274,20 +274,17 @@ def single_process(kind: str) -> tuple[dict, list[float]]:
     return adapters(model), rec.norms
 
 
-def wrap(model, wrapper: str, mesh):
+def wrap(model, wrapper: str):
     """Shard ``model``: ``fsdp2`` and ``fsdp1`` make one FSDP unit per decoder layer, then
     the root (embedding, final norm, head); ``fsdp1root`` makes one unit of everything."""
     import torch
 
     from labkit.models import Block
 
-    if wrapper == "fsdp2":
-        from torch.distributed.fsdp import fully_shard
+    if wrapper == "fsdp2":  # what scripts/ddp_train.py --fsdp does
+        from labkit.distributed import fully_shard_model
 
-        for layer in model.layers:
-            fully_shard(layer, mesh=mesh)
-        fully_shard(model, mesh=mesh)
-        return model
+        return fully_shard_model(model, torch.device("cpu"))
     from torch.distributed.fsdp import FullyShardedDataParallel
     from torch.distributed.fsdp.wrap import ModuleWrapPolicy
 
@@ -300,8 +297,9 @@ def wrap(model, wrapper: str, mesh):
 def full_adapters(wrapped, wrapper: str) -> dict:
     """Every rank's trainable parameters gathered whole (a collective: all ranks call it)."""
     if wrapper == "fsdp2":
-        return {n: p.full_tensor().detach().clone() for n, p in wrapped.named_parameters()
-                if p.requires_grad}
+        from labkit.distributed import gather_trainable
+
+        return gather_trainable(wrapped)
     from torch.distributed.fsdp import FullyShardedDataParallel
 
     with FullyShardedDataParallel.summon_full_params(wrapped, writeback=False):
@@ -315,7 +313,7 @@ def _first_4bit_base(model):
     return next((m for m in model.modules() if qlora.is_4bit(m)), None)
 
 
-def run_case(kind: str, wrapper: str, task, mesh, counter: CollectiveCounter) -> dict:
+def run_case(kind: str, wrapper: str, task, counter: CollectiveCounter) -> dict:
     from torch.optim.optimizer import register_optimizer_step_post_hook
 
     from labkit import train
@@ -338,7 +336,7 @@ def run_case(kind: str, wrapper: str, task, mesh, counter: CollectiveCounter) ->
                         "has_quant_state": getattr(w, "quant_state", None) is not None}
                     handle.remove()
                 handle = base.register_forward_pre_hook(look)
-            wrapped = wrap(model, wrapper, mesh)
+            wrapped = wrap(model, wrapper)
             counter.reset()
             counter.active = lambda: wrapped.training  # training steps, not the evaluation
             try:
@@ -389,7 +387,6 @@ def main(argv=None) -> int:
 
     import torch
     import torch.distributed as dist
-    from torch.distributed.device_mesh import init_device_mesh
 
     from labkit import _deps
     from labkit import distributed as D
@@ -400,12 +397,11 @@ def main(argv=None) -> int:
     try:
         task = dataclasses.replace(get_task("shift"), min_len=WORD_LEN, max_len=WORD_LEN)
         task = D.shard_task(task, BATCH, rank, world)  # checks divisibility first
-        mesh = init_device_mesh("cpu", (world,))
         results = {}
         with CollectiveCounter() as counter:
             for case in cases:
                 kind, _, wrapper = case.rpartition("_")
-                res = run_case(kind, wrapper, task, mesh, counter)
+                res = run_case(kind, wrapper, task, counter)
                 seen = [None] * world
                 dist.all_gather_object(seen, (res["works"], res["error"], res["grad_norms"]))
                 res["ranks_agree"] = all(s[:2] == seen[0][:2] for s in seen)

@@ -132,13 +132,21 @@ def test_averaging_shard_means_is_not_the_global_mean_but_token_weighting_is():
 
 
 @pytest.mark.timeout(180)
-def test_qlora_under_ddp_equals_one_process_and_sends_adapter_bytes_only(tmp_path, ddp_run):
-    one, two = tmp_path / "one", tmp_path / "two"
-    for out, nproc in ((one, 1), (two, 2)):
-        r = torchrun(out, nproc, "--qlora")
+def test_qlora_under_ddp_and_fsdp2_equals_one_process_ddp_sends_adapter_bytes_only(
+        tmp_path, ddp_run):
+    one, two, fsdp = tmp_path / "one", tmp_path / "two", tmp_path / "fsdp"
+    for out, nproc, extra in ((one, 1, ()), (two, 2, ()), (fsdp, 2, ("--fsdp",))):
+        r = torchrun(out, nproc, "--qlora", *extra)
         assert r.returncode == 0, r.stderr[-3000:]
     ref = load_file(str(one / "adapters.safetensors"))
     assert_same_adapters(load_file(str(two / "adapters.safetensors")), ref)
+    # FSDP2 shards the 4-bit base and the adapters over the 2 ranks; gathered, the same
+    assert_same_adapters(load_file(str(fsdp / "adapters.safetensors")), ref)
+    model = models.load_pretrained().model
+    adapters.load_adapter(model, fsdp / "adapter")  # saved from the sharded model, whole
+    got = {n: p.detach() for n, p in model.named_parameters() if ".lora_" in n}
+    assert_same_adapters(got, ref)
+    assert json.loads((fsdp / "run.json").read_text())["bytes_per_step"] is None
     q, lo = json.loads((two / "run.json").read_text()), ddp_run[1]
     # the 4-bit base is frozen: the same adapter gradients travel as with LoRA
     assert q["qlora"] and q["trainable_params"] == lo["trainable_params"]
