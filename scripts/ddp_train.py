@@ -1,17 +1,17 @@
-"""LoRA fine-tuning of the pretrained model with DDP, through labkit.train unchanged.
+"""LoRA, QLoRA or full fine-tuning of the pretrained model on several processes (DDP, or
+FSDP2 with ``--fsdp``), through labkit.train unchanged.
 
     torchrun --standalone --nproc_per_node=2 scripts/ddp_train.py --out /tmp/ddp
 
 Every rank builds the same model (pretrained base + LoRA on q_proj, v_proj; with ``--qlora``
 the base's targeted layers are 4-bit NF4 first; with ``--full`` every weight trains), wraps it
 in DistributedDataParallel (with ``--fsdp``: shards it with FSDP2) and trains on its shard of
-each global batch. Rank 0 alone writes
-``<out>/adapters.safetensors`` (the trainable tensors by parameter name: the adapters, or
-every weight with ``--full``), ``<out>/adapter/`` (LoRA / QLoRA: the adapter in PEFT's format,
-written by :func:`labkit.adapters.save_adapter`) and ``<out>/run.json`` (losses, bytes
-all-reduced per step, trainable parameter count, world size).
-The same command runs on one process (``--nproc_per_node=1``): the reference a DDP run must
-equal.
+each global batch. Rank 0 alone writes ``<out>/adapters.safetensors`` (the trainable tensors
+by parameter name: the adapters, or every weight with ``--full``), ``<out>/adapter/`` (LoRA /
+QLoRA: the adapter in PEFT's format, written by :func:`labkit.adapters.save_adapter`) and
+``<out>/run.json`` (losses, bytes all-reduced per step, trainable parameter count, world
+size). The same command runs on one process (``--nproc_per_node=1``): the reference a DDP
+run must equal.
 """
 
 from __future__ import annotations
