@@ -24,7 +24,7 @@ from pathlib import Path
 
 
 def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--out", required=True, help="directory for rank 0's outputs")
     ap.add_argument("--task", default="shift")
     ap.add_argument("--word-len", type=int, default=6,
