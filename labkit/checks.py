@@ -146,6 +146,19 @@ def _not_callable(name: str, fn) -> CheckResult | None:
     )
 
 
+#: What a check says when the learner's function returned None.
+_RETURNED_NONE = "your function returned None; did you forget `return`?"
+
+
+def _not_a_number(name: str, got, what: str) -> CheckResult | None:
+    """A FAIL report when ``got`` is None or not a real number (``what``: e.g. "an int")."""
+    if got is None:
+        return _report(name, False, _RETURNED_NONE)
+    if isinstance(got, bool) or not isinstance(got, numbers.Real):
+        return _report(name, False, f"return {what}; got {type(got).__name__}")
+    return None
+
+
 # ---------------------------------------------------------------------- LoRA forward
 
 
@@ -338,10 +351,8 @@ def check_lora_param_count(fn: Callable, seed: int = 0) -> CheckResult:
             got = _call(fn, d, k, r)
         except _LearnerError as exc:
             return _report(name, False, f"your function raised {exc} for d={d}, k={k}, r={r}")
-        if got is None:
-            return _report(name, False, "your function returned None; did you forget `return`?")
-        if isinstance(got, bool) or not isinstance(got, numbers.Real):
-            return _report(name, False, f"return a number (an int); got {type(got).__name__}")
+        if (bad := _not_a_number(name, got, "a number (an int)")) is not None:
+            return bad
         if not isinstance(got, numbers.Integral):
             if got == want:
                 return _report(
@@ -682,10 +693,8 @@ def check_memory_term(fn: Callable, term: str = "adamw_state") -> CheckResult:
             got = _call(fn, *args)
         except _LearnerError as exc:
             return _report(name, False, f"your function raised {exc} for ({shown})")
-        if got is None:
-            return _report(name, False, "your function returned None; did you forget `return`?")
-        if isinstance(got, bool) or not isinstance(got, numbers.Real):
-            return _report(name, False, f"return a number of bytes; got {type(got).__name__}")
+        if (bad := _not_a_number(name, got, "a number of bytes")) is not None:
+            return bad
         if math.isclose(got, want, rel_tol=1e-9):
             continue
         for why, mistake in spec.mistakes:
@@ -840,8 +849,7 @@ def check_shard_loss(fn: Callable, seed: int = 0) -> CheckResult:
                 return _report(name, False, f"your function raised {exc} on rank {r} ({where})."
                                             f"{hint}")
             if y is None:
-                return _report(name, False, "your function returned None; did you forget "
-                                            "`return`?")
+                return _report(name, False, _RETURNED_NONE)
             if isinstance(y, numbers.Real):
                 return _report(name, False, f"you return a {type(y).__name__}, not a tensor: "
                                ".item() (or float(...)) cuts the graph, so backward() cannot "

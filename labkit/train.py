@@ -372,10 +372,10 @@ def save_checkpoint(directory: str | Path, model: torch.nn.Module, opt: torch.op
     """
     d = Path(directory)
     rank, world = _rank_world()
-    rng = [_rng_states(next(model.parameters()).device)]
+    rng = [_rng_states(next(model.parameters()).device)]  # this rank's; rank r's at [r]
     if world > 1:
-        rng = [None] * world
-        torch.distributed.all_gather_object(rng, _rng_states(next(model.parameters()).device))
+        mine, rng = rng[0], [None] * world
+        torch.distributed.all_gather_object(rng, mine)
     if rank == 0:
         _write_checkpoint(d, model, opt, step, stream, hist, fingerprint, rng)
     if world > 1:
