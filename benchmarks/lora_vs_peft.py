@@ -19,28 +19,16 @@ from __future__ import annotations
 
 import argparse
 import copy
-import os
 import statistics
-import sys
-import time
-import warnings
-from pathlib import Path
 
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
-os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+import _bench  # noqa: F401  (offline, labkit importable; must precede labkit)
+import torch
+import torch.nn.functional as F
+from _bench import TARGETS, interleave, ratio
 
-import torch  # noqa: E402
-import torch.nn.functional as F  # noqa: E402
-
-from labkit import _deps  # noqa: E402
-from labkit import lora as L  # noqa: E402
-from labkit.env import seed_everything  # noqa: E402
-
-# transformers' deprecation note raised inside peft; not ours to fix, and it clutters the table
-warnings.filterwarnings("ignore", message="`is_gradient_checkpointing`", category=FutureWarning)
-
-TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
+from labkit import _deps
+from labkit import lora as L
+from labkit.env import seed_everything
 
 
 def build(quick: bool):
@@ -55,23 +43,6 @@ def build(quick: bool):
                           num_hidden_layers=4, num_attention_heads=8, num_key_value_heads=4)
         batch, seq = 8, 64
     return LlamaForCausalLM(cfg).eval(), cfg, batch, seq
-
-
-def interleave(fns: dict, reps: int) -> tuple[dict, dict]:
-    """Run each callable ``reps`` times, alternating the order every round.
-
-    Returns wall-clock and process CPU seconds per call, by name. CPU time counts only
-    this process's threads, so it is less disturbed by other jobs sharing the cores.
-    """
-    wall, cpu = {k: [] for k in fns}, {k: [] for k in fns}
-    order = list(fns)
-    for i in range(reps):
-        for k in (order if i % 2 == 0 else order[::-1]):
-            w0, c0 = time.perf_counter(), time.process_time()
-            fns[k]()
-            wall[k].append(time.perf_counter() - w0)
-            cpu[k].append(time.process_time() - c0)
-    return wall, cpu
 
 
 def main(argv=None) -> int:
@@ -144,11 +115,6 @@ def main(argv=None) -> int:
 
     times, cpu = {**t_train, **t_inf}, {**c_train, **c_inf}
     med = {k: statistics.median(v) * 1e3 for k, v in times.items()}
-
-    def ratio(a, b, t):
-        """Median of the per-round ratios: a pair ran back to back under the same load, so
-        this is steadier than a ratio of medians when other processes come and go."""
-        return statistics.median(x / y for x, y in zip(t[a], t[b], strict=True))
 
     print(f"LlamaForCausalLM hidden={cfg.hidden_size} layers={cfg.num_hidden_layers} "
           f"vocab={cfg.vocab_size}; LoRA r={args.r} alpha={2 * args.r} on {', '.join(TARGETS)}; "

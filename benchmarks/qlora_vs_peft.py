@@ -25,46 +25,16 @@ from __future__ import annotations
 
 import argparse
 import copy
-import os
 import statistics
-import sys
-import time
-import warnings
-from pathlib import Path
 
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
-os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+import _bench  # noqa: F401  (offline, labkit importable; must precede labkit)
+import torch
+from _bench import TARGETS, interleave, ratio
 
-import torch  # noqa: E402
-
-from labkit import _deps, models, qlora, train  # noqa: E402
-from labkit import lora as L  # noqa: E402
-from labkit.data import get_task  # noqa: E402
-from labkit.env import seed_everything  # noqa: E402
-
-warnings.filterwarnings("ignore", message="`is_gradient_checkpointing`", category=FutureWarning)
-
-TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
-
-
-def interleave(fns: dict, reps: int) -> tuple[dict, dict]:
-    """Run each callable ``reps`` times, reversing the order every round; wall and process
-    CPU seconds per call, by name."""
-    wall, cpu = {k: [] for k in fns}, {k: [] for k in fns}
-    order = list(fns)
-    for i in range(reps):
-        for k in (order if i % 2 == 0 else order[::-1]):
-            w0, c0 = time.perf_counter(), time.process_time()
-            fns[k]()
-            wall[k].append(time.perf_counter() - w0)
-            cpu[k].append(time.process_time() - c0)
-    return wall, cpu
-
-
-def ratio(a: str, b: str, t: dict) -> float:
-    """Median of per-round ratios (a pair ran back to back under the same load)."""
-    return statistics.median(x / y for x, y in zip(t[a], t[b], strict=True))
+from labkit import _deps, models, qlora, train
+from labkit import lora as L
+from labkit.data import get_task
+from labkit.env import seed_everything
 
 
 def contenders(base, r: int) -> dict:
