@@ -248,9 +248,40 @@ def ring_allreduce_bytes(nbytes: int, world_size: int) -> float:
     which approaches twice the buffer as W grows, whatever the number of ranks: the cost per
     rank depends on what is all-reduced (the trainable gradients), not on how many ranks.
     """
+    return 2 * _ring_pass_bytes(nbytes, world_size)
+
+
+def _ring_pass_bytes(nbytes: int, world_size: int) -> float:
+    # one pass around the ring: W - 1 rounds, each rank sends one 1/W chunk per round
     if world_size < 1:
         raise ValueError(f"world_size must be >= 1, got {world_size}")
-    return 2 * (world_size - 1) / world_size * nbytes
+    return (world_size - 1) / world_size * nbytes
+
+
+def ring_allgather_bytes(nbytes: int, world_size: int) -> float:
+    """Bytes each rank sends to all-gather a buffer of ``nbytes`` (the WHOLE, gathered size)
+    in a ring, each rank starting with its own 1/W shard of it.
+
+    In each of W - 1 rounds every rank passes one 1/W chunk to its neighbour (its own shard
+    first, then the one it just received), so every rank sends
+
+        (W - 1) / W * nbytes
+
+    half of an all-reduce of the same buffer: an all-reduce is a reduce-scatter followed by
+    this all-gather. FSDP all-gathers each unit's parameters like this before running it.
+    """
+    return _ring_pass_bytes(nbytes, world_size)
+
+
+def ring_reduce_scatter_bytes(nbytes: int, world_size: int) -> float:
+    """Bytes each rank sends to reduce-scatter a buffer of ``nbytes`` (the whole size, as
+    every rank holds it) in a ring, so that rank r ends with the sum of one 1/W shard.
+
+    W - 1 rounds; in each every rank sends one 1/W chunk of partial sums to its neighbour,
+    who adds its own values and passes it on: ``(W - 1) / W * nbytes`` per rank, the first
+    half of a ring all-reduce. FSDP reduce-scatters the trainable parameters' gradients.
+    """
+    return _ring_pass_bytes(nbytes, world_size)
 
 
 def torchrun_command(script: str | Path, *args: str, nproc: int = 2) -> list[str]:

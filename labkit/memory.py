@@ -32,7 +32,8 @@ Definitions (the same in :func:`measure` and :func:`estimate`):
   overhead; on CUDA, :func:`measure` reports the allocator's peak beside the count.
 - **optimizer**: every tensor in ``optimizer.state`` (distinct storages), after one step.
 
-Conventions of :func:`estimate` (units are bytes; GB means 10^9 bytes, GiB 2^30):
+Conventions of :func:`estimate` (units are bytes; GB means 10^9 bytes, GiB 2^30; device
+capacities, as in :func:`fits`, are GiB):
 
 - weights: bytes per element of their dtype (fp32 4, bf16 / fp16 2). QLoRA: every targeted
   linear is stored by :func:`labkit.quant.quantized_nbytes` (packed 4-bit codes, absmax per
@@ -83,6 +84,8 @@ FLOAT_DTYPES = {
 QUANT_DTYPES = ("nf4", "fp4")
 GB = 10**9
 MB = 10**6
+#: GPU memory is sold in binary units: an "80 GB" card holds 80 GiB = 80 * 2^30 bytes.
+GiB = 2**30
 #: bitsandbytes' 8-bit optimizers: block size of the state quantization, smallest 8-bit tensor.
 ADAM8BIT_BLOCKSIZE = 256
 ADAM8BIT_MIN_SIZE = 4096
@@ -122,8 +125,14 @@ class MemoryBreakdown:
         """weights + gradients + optimizer + activations + recompute."""
         return self.weights + self.gradients + self.optimizer + self.activations + self.recompute
 
-    def stack(self) -> dict[str, int]:
-        """The four components of a stacked bar; recompute is drawn with the activations."""
+    def stack(self, separate_recompute: bool = False) -> dict[str, int]:
+        """The components of a stacked bar. By default four, with ``recompute`` added to
+        the activations (both are saved tensors); ``separate_recompute=True`` adds a fifth
+        part ``"recompute"`` and leaves ``"activations"`` as the forward's saved tensors."""
+        if separate_recompute:
+            return {"weights": self.weights, "gradients": self.gradients,
+                    "optimizer": self.optimizer, "activations": self.activations,
+                    "recompute": self.recompute}
         return {"weights": self.weights, "gradients": self.gradients,
                 "optimizer": self.optimizer, "activations": self.activations + self.recompute}
 
@@ -804,9 +813,18 @@ def base_weight_bytes(config, quant_type: str | None = "nf4", dtype="bf16",
                              if k.startswith("weights/lora adapters"))
 
 
-def fits(breakdown: MemoryBreakdown, device_gb: float) -> bool:
-    """Whether the total fits in ``device_gb`` (10^9 bytes) of device memory."""
-    return breakdown.total <= device_gb * GB
+def fits(breakdown: MemoryBreakdown, device_gib: float) -> bool:
+    """Whether the total fits in ``device_gib`` GiB (2^30 bytes) of device memory.
+
+    GPU memory is sold in binary units: an "80 GB" A100 has 80 GiB (``nvidia-smi``: 81920
+    MiB), 85.9 * 10^9 bytes, while the estimates count GB = 10^9 bytes. So
+    ``fits(b, 80)`` compares ``b.total`` with 80 * 2^30 bytes. Nothing is subtracted for
+    the CUDA context, library workspaces or allocator rounding (a few hundred MB that no
+    tensor count sees): a fit by less than that is a fit on paper only.
+    """
+    if not device_gib > 0:
+        raise ValueError(f"device_gib must be > 0 (GiB of device memory), got {device_gib!r}")
+    return breakdown.total <= device_gib * GiB
 
 
 def dominant(breakdown: MemoryBreakdown) -> str:

@@ -31,10 +31,15 @@ COLORS = {
     "optimizer": "#8172B3",
     "activations": "#CCB974",
     "quant_state": "#64B5CD",
-    "nf4": "#55A868",
-    "fp4": "#DD8452",
-    "int4": "#C44E52",
+    # 4-bit formats (lessons 04, 05): a palette of their own, so that no format looks like a
+    # method (NF4 is not "QLoRA green", FP4 not "LoRA orange").
+    "nf4": "#DC267F",
+    "fp4": "#FFB000",
+    "int4": "#1F7A8C",
 }
+#: Storage widths in bits, darkest = most bits: a neutral sequential palette for figures that
+#: compare bit widths (fp32, bf16, int8, 4-bit), kept apart from the method colours.
+BIT_WIDTHS = {32: "#2F3B47", 16: "#5E6F80", 8: "#93A2B1", 4: "#C5CFD8"}
 _CYCLE = ["#4C72B0", "#DD8452", "#55A868", "#C44E52", "#8172B3", "#937860", "#DA8BC3", "#8C8C8C"]
 
 _RC = {
@@ -128,34 +133,49 @@ def lora_savings(layers: Mapping[str, tuple[int, int]], ranks: Sequence[int]) ->
         ax.set_xlabel("LoRA rank r")
         ax.set_ylabel("trainable share of the layer (%)")
         ax.set_title("LoRA trains a small, rank-proportional share")
-        ax.legend(title="layer d x k")
+        # beside the axes: inside, it would cover the lines of the smallest layers
+        ax.legend(title="layer d x k", loc="upper left", bbox_to_anchor=(1.02, 1))
         return _finish(fig)
 
 
 def model_savings(rows: Mapping[str, tuple[int, int]]) -> Figure:
-    """Trainable parameters of whole models: full fine-tuning versus LoRA, log scale.
+    """Trainable parameters of whole models, full fine-tuning versus LoRA: dots on a log axis.
+
+    The counts span many orders of magnitude, so the axis is logarithmic; dots (not bars,
+    whose lengths would mean nothing on a log axis) mark the two counts of each model, a
+    grey line joins them, and the LoRA share is written next to the line as a percentage
+    and as "1/N" (N = full / LoRA).
 
     Args:
         rows: model label -> (full trainable count, LoRA trainable count).
     """
     _check_nonempty("rows", rows)
     with course_style():
-        fig, ax = _new()
+        fig, ax = _new(figsize=(7.0, 1.2 + 1.0 * len(rows)))
         labels = list(rows)
-        full = [rows[m][0] for m in labels]
-        lora = [rows[m][1] for m in labels]
-        y = range(len(labels))
-        b1 = ax.barh([i + 0.2 for i in y], full, height=0.4, color=COLORS["full"], label="full")
-        b2 = ax.barh([i - 0.2 for i in y], lora, height=0.4, color=COLORS["lora"], label="LoRA")
+        for i, m in enumerate(labels):
+            full, lora = rows[m]
+            ax.plot([lora, full], [i, i], color=COLORS["base"], lw=1, zorder=1)
+            ax.scatter([full], [i], s=45, color=COLORS["full"], zorder=2,
+                       label="full fine-tuning" if i == 0 else None)
+            ax.scatter([lora], [i], s=45, color=COLORS["lora"], zorder=2,
+                       label="LoRA" if i == 0 else None)
+            ax.annotate(f"{full:,}", (full, i), textcoords="offset points", xytext=(0, 7),
+                        ha="center", fontsize=8)
+            ax.annotate(f"{lora:,}", (lora, i), textcoords="offset points", xytext=(0, 7),
+                        ha="center", fontsize=8)
+            ax.annotate(f"{100 * lora / full:.3f} % = 1/{full / lora:,.0f}",
+                        ((lora * full) ** 0.5, i), textcoords="offset points", xytext=(0, -13),
+                        ha="center", fontsize=8, color=COLORS["lora"])
+        ax.set_yticks(range(len(labels)), labels)
+        ax.set_ylim(len(labels) - 0.4, -0.6)  # first row on top, room for the labels
         ax.set_xscale("log")
-        ax.set_yticks(list(y), labels)
-        ax.invert_yaxis()
-        _label_bars(ax, b1, "{:,.0f}")
-        _label_bars(ax, b2, "{:,.0f}")
-        ax.set_xlim(right=max(full) * 40)
+        lo = min(r[1] for r in rows.values())
+        hi = max(r[0] for r in rows.values())
+        ax.set_xlim(lo / 4, hi * 4)
         ax.set_xlabel("trainable parameters (log scale)")
         ax.set_title("Trainable parameters: full fine-tuning vs LoRA")
-        ax.legend(loc="lower right")
+        ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.35), ncols=2)
         return _finish(fig)
 
 
@@ -183,7 +203,7 @@ def singular_values(
     with course_style():
         fig, (a1, a2) = _new(1, 2, figsize=(9, 3.6))
         idx = np.arange(1, len(s) + 1)
-        a1.bar(idx, s / s[0], color=COLORS["lora"], width=0.9)
+        a1.bar(idx, s / s[0], color=COLORS["base"], width=0.9)
         a1.set_xlabel("index i")
         a1.set_ylabel("s_i / s_1")
         a1.set_title("spectrum")
@@ -197,7 +217,7 @@ def singular_values(
                     xytext=(8, -12),
                     fontsize=8,
                 )
-                a2.plot([r], [100 * energy[r - 1]], "o", color=COLORS["lora"])
+                a2.plot([r], [100 * energy[r - 1]], "o", color=COLORS["full"])
         a2.set_xscale("log")
         a2.set_ylim(0, 102)
         a2.set_xlabel("rank r")
@@ -216,6 +236,7 @@ def training_curves(
     x: str = "step",
     ylabel: str | None = None,
     colors: Mapping[str, str] | None = None,
+    title: str | None = None,
 ) -> Figure:
     """One line per run of ``metric`` against ``x``.
 
@@ -224,6 +245,7 @@ def training_curves(
             (e.g. ``{"step": [...], "loss": [...]}``), as ``labkit.train`` returns it.
         metric: the column to plot (e.g. ``"loss"`` or ``"eval_acc"``).
         colors: optional label -> colour; by default the course cycle.
+        title: the figure title; by default "<Ylabel or metric> during training".
     """
     _check_nonempty("runs", runs)
     with course_style():
@@ -241,7 +263,8 @@ def training_curves(
         if metric == "loss":
             ax.set_yscale("log")
         ax.legend()
-        ax.set_title(f"{ylabel or metric} during training")
+        name = ylabel or metric
+        ax.set_title(title or f"{name[:1].upper()}{name[1:]} during training")
         return _finish(fig)
 
 
@@ -276,6 +299,59 @@ def bars(
         ax.set_xlabel(xlabel)
         ax.set_title(title)
         return _finish(fig)
+
+
+def stacked_bars(
+    rows: Mapping[str, Mapping[str, float]],
+    xlabel: str,
+    title: str,
+    fmt: str = "{:,.2f}",
+    colors: Mapping[str, str] | None = None,
+) -> Figure:
+    """Horizontal stacked bars, one per row, each split into named parts; totals written on.
+
+    Shows *where* two totals differ: the same parts, in the same colours and order, in every
+    bar. A part missing from a row counts as 0 there.
+
+    Args:
+        rows: bar label -> part -> value, bars drawn top to bottom, parts left to right in
+            the order they first appear.
+        fmt: format of the total written past each bar, e.g. ``"{:.2f} GB"``.
+        colors: part -> colour; parts not named take the course's colour cycle.
+
+    Raises:
+        ValueError: ``rows`` or one of its rows is empty, or a value is negative.
+    """
+    _check_nonempty("rows", rows)
+    parts: list[str] = []
+    for label, row in rows.items():
+        _check_nonempty(f"rows[{label!r}]", row)
+        for part, v in row.items():
+            if v < 0:
+                raise ValueError(f"rows[{label!r}][{part!r}] is {v}: stacked parts must be >= 0")
+            if part not in parts:
+                parts.append(part)
+    labels = list(rows)
+    colors = colors or {}
+    with course_style():
+        fig, ax = _new(figsize=(7, 0.55 * len(labels) + 1.9))
+        left = [0.0] * len(labels)
+        for i, part in enumerate(parts):
+            vals = [float(rows[lb].get(part, 0.0)) for lb in labels]
+            ax.barh(labels, vals, left=left, height=0.6, label=part,
+                    color=colors.get(part, _CYCLE[i % len(_CYCLE)]))
+            left = [a + v for a, v in zip(left, vals, strict=True)]
+        for y, total in enumerate(left):
+            ax.annotate(fmt.format(total), (total, y), textcoords="offset points",
+                        xytext=(3, 0), va="center", fontsize=8)
+        ax.invert_yaxis()
+        ax.set_xlim(0, max(left) * 1.18)
+        ax.set_xlabel(xlabel)
+        ax.set_title(title)
+        handles, names = ax.get_legend_handles_labels()
+        fig.legend(handles, names, loc="lower center", ncol=len(parts))
+        fig.tight_layout(rect=(0, 0.1, 1, 1))
+        return fig
 
 
 # --- lesson 04: quantization ---------------------------------------------------------------
@@ -436,8 +512,10 @@ def energy_curves(
 def update_norms(
     ranks: Sequence[int],
     norms: Mapping[str, Sequence[float]],
-    ylabel: str = "||s B A||_F after the first steps",
+    ylabel: str = r"$\|s\,BA\|_F$ after the first steps",
     title: str = "How the update's size depends on the rank",
+    colors: Mapping[str, str] | None = None,
+    reference: tuple[float, str] | None = None,
 ) -> Figure:
     """The size of the adapter's update against rank, one line per scaling rule.
 
@@ -448,6 +526,10 @@ def update_norms(
     Args:
         ranks: the ranks measured (x axis).
         norms: rule label -> one norm per rank.
+        colors: optional label -> colour; the others take the course cycle's colours that
+            name no method (not blue, orange, green or grey).
+        reference: optional ``(slope, label)``: a dashed grey power law ``r**slope`` through
+            the first rule's first point, e.g. ``(-0.5, "1/sqrt(r)")``.
     """
     _check_nonempty("ranks", ranks)
     _check_nonempty("norms", norms)
@@ -457,8 +539,18 @@ def update_norms(
                              f"{len(ranks)} ranks: give one norm per rank")
     with course_style():
         fig, ax = _new()
-        for label, ys in norms.items():
-            ax.plot(list(ranks), list(ys), marker="o", ms=4, label=label)
+        # rules without a colour take the cycle's non-method colours: a scaling rule is not
+        # full fine-tuning, and only the LoRA line should look like LoRA
+        method = {COLORS["full"], COLORS["lora"], COLORS["qlora"], COLORS["base"]}
+        free = [c for c in _CYCLE if c not in method]
+        for i, (label, ys) in enumerate(norms.items()):
+            color = colors[label] if colors and label in colors else free[i % len(free)]
+            ax.plot(list(ranks), list(ys), marker="o", ms=4, label=label, color=color)
+        if reference is not None:
+            slope, ref_label = reference
+            r0, y0 = ranks[0], next(iter(norms.values()))[0]
+            ax.plot(list(ranks), [y0 * (r / r0) ** slope for r in ranks], ls="--", lw=1,
+                    color=COLORS["base"], label=ref_label)
         ax.set_xscale("log", base=2)
         ax.set_yscale("log")
         ax.set_xticks(list(ranks), [str(r) for r in ranks])
@@ -477,6 +569,9 @@ def bits_per_weight(
     limits: Mapping[str, float] | None = None,
     points: Mapping[str, tuple[int, float]] | None = None,
     title: str = "What a 4-bit weight really costs",
+    colors: Mapping[str, str] | None = None,
+    points_label: str = "our layers",
+    label_offsets: Mapping[str, tuple[float, float]] | None = None,
 ) -> Figure:
     """Storage bits per weight against layer size (weights per layer, log scale).
 
@@ -488,7 +583,12 @@ def bits_per_weight(
         curves: label -> (layer sizes, bits per weight), one line each, e.g. computed with
             ``labkit.quant.bits_per_weight(numel=n)``.
         limits: label -> the large-layer limit, drawn as a dashed line (e.g. 4.127).
-        points: label -> (size, bits) of real layers, drawn as dots with their label.
+        points: label -> (size, bits) of real layers, drawn as dots with their label, one
+            legend entry (``points_label``) for all of them.
+        colors: optional label -> colour for curves and limits (e.g. a curve and its limit in
+            ``COLORS["nf4"]``); others take the course cycle in order.
+        label_offsets: optional point label -> (dx, dy) of its text in points, where the
+            default, below left of the dot, would touch another curve.
     """
     _check_nonempty("curves", curves)
     with course_style():
@@ -497,14 +597,22 @@ def bits_per_weight(
             if len(xs) != len(ys):
                 raise ValueError(f"curve {label!r}: {len(xs)} sizes but {len(ys)} values")
             _check_nonempty(f"curve {label!r}", xs)
-            ax.plot(xs, ys, marker=".", label=label, color=_CYCLE[i % len(_CYCLE)])
+            color = (colors or {}).get(label, _CYCLE[i % len(_CYCLE)])
+            ax.plot(xs, ys, label=label, color=color)
         for i, (label, y) in enumerate((limits or {}).items()):
-            ax.axhline(y, ls="--", lw=1, color=_CYCLE[i % len(_CYCLE)])
+            color = (colors or {}).get(label, _CYCLE[i % len(_CYCLE)])
+            ax.axhline(y, ls="--", lw=1, color=color)
             ax.annotate(f"{label}: {y:.3f}", (1.0, y), xycoords=("axes fraction", "data"),
                         xytext=(-4, 3), textcoords="offset points", ha="right", fontsize=8)
-        for label, (x, y) in (points or {}).items():
-            ax.plot([x], [y], "o", color=COLORS["qlora"], ms=6)
-            ax.annotate(label, (x, y), xytext=(5, 5), textcoords="offset points", fontsize=8)
+        if points:
+            xs, ys = zip(*points.values(), strict=True)
+            ax.plot(xs, ys, "o", color="#222222", ms=5, ls="none", label=points_label, zorder=3)
+            for label, (x, y) in points.items():
+                # below left of a point on a falling curve is clear of that curve
+                dx, dy = (label_offsets or {}).get(label, (-5, -5))
+                ax.annotate(label, (x, y), xytext=(dx, dy), textcoords="offset points",
+                            ha="right" if dx < 0 else "left", va="top" if dy < 0 else "bottom",
+                            fontsize=8)
         ax.set_xscale("log")
         ax.set_xlabel("weights in the layer")
         ax.set_ylabel("bits per weight (all state included)")
@@ -532,10 +640,13 @@ def rank_sweep(
     ylabel: str = "accuracy (%)",
     title: str = "Accuracy against trainable parameters",
     colors: Mapping[str, str] | None = None,
+    connect: bool = True,
 ) -> Figure:
     """Accuracy against trainable parameters (log x), one line per set of target layers.
 
-    Each point is one LoRA rank, written next to it (``r=4``). Putting both target sets on
+    Each point is one LoRA rank, written next to it (``r=4``): left of the point for the
+    first, third, ... target set and right of it for the others, so that two sets' labels
+    at nearby parameter counts do not overwrite each other. Putting both target sets on
     a parameter axis separates two questions: does a set do better at the *same rank*
     (compare points with the same label) or at the *same parameter count* (compare points
     above the same x)? Full fine-tuning, when given, is one point far to the right.
@@ -545,8 +656,11 @@ def rank_sweep(
         full: (trainable parameters, accuracy) of full fine-tuning.
         spread: optional, same keys: half-widths of error bars (e.g. the sd over seeds).
         colors: optional label -> colour; by default the course cycle after LoRA's orange.
+        connect: join a set's points with lines. Between far-apart ranks a line suggests
+            accuracies nobody measured; ``False`` draws the markers only.
     """
     _check_nonempty("results", results)
+    ls = "-" if connect else "none"
     palette = [COLORS["lora"], "#8172B3", "#C44E52", "#937860"]
     with course_style():
         fig, ax = _new()
@@ -561,12 +675,13 @@ def rank_sweep(
             color = (colors or {}).get(label, palette[i % len(palette)])
             if spread is not None:
                 ax.errorbar(xs, ys, yerr=[spread[label][r] for r in ranks], color=color,
-                            marker="o", ms=5, capsize=3, label=label)
+                            marker="o", ms=5, capsize=3, ls=ls, label=label)
             else:
-                ax.plot(xs, ys, color=color, marker="o", ms=5, label=label)
+                ax.plot(xs, ys, color=color, marker="o", ms=5, ls=ls, label=label)
+            dx, ha = (-4, "right") if i % 2 == 0 else (4, "left")
             for r, x, y in zip(ranks, xs, ys, strict=True):
-                ax.annotate(f"r={r}", (x, y), textcoords="offset points", xytext=(4, 5),
-                            fontsize=8, color=color)
+                ax.annotate(f"r={r}", (x, y), textcoords="offset points", xytext=(dx, 5),
+                            ha=ha, fontsize=8, color=color)
         if full is not None:
             ax.plot([full[0]], [full[1]], marker="s", ms=7, ls="none", color=COLORS["full"],
                     label="full fine-tuning")
@@ -622,10 +737,19 @@ def lr_sweep(
 
 # --- lesson 06: memory ------------------------------------------------------------------
 
-#: Memory of common devices in GB (10^9 bytes), for the "will it fit?" lines.
-DEVICES = {"8 GB laptop": 8, "16 GB T4": 16, "24 GB": 24, "48 GB": 48, "80 GB": 80}
-#: Stacking order of a memory bar (labkit.memory.COMPONENTS).
-MEMORY_PARTS = ("weights", "gradients", "optimizer", "activations")
+#: Memory of common devices in GiB (2^30 bytes), for the "will it fit?" lines. GPU memory
+#: is sold in binary units: an "80 GB" card has 80 GiB (nvidia-smi: 81920 MiB), 85.9 GB of
+#: 10^9 bytes. A T4 is sold as 16 GB but nvidia-smi shows 15360 MiB (15 GiB) with ECC on,
+#: as in Colab. Nothing is subtracted for the CUDA context (a few hundred MB).
+DEVICES = {"8 GB laptop": 8, "16 GB T4": 15, "24 GB": 24, "48 GB": 48, "80 GB": 80}
+#: Stacking order of a memory bar (labkit.memory.COMPONENTS, then the optional "recompute"
+#: of gradient checkpointing, drawn hatched in the activations' colour).
+MEMORY_PARTS = ("weights", "gradients", "optimizer", "activations", "recompute")
+
+
+def device_gb(gib: float) -> float:
+    """A device capacity in GiB (2^30 bytes) expressed in GB (10^9 bytes): 80 -> 85.9."""
+    return gib * 2**30 / 1e9
 
 
 def _check_parts(where: str, parts: Mapping[str, float]) -> None:
@@ -635,14 +759,20 @@ def _check_parts(where: str, parts: Mapping[str, float]) -> None:
 
 
 def _stack(ax, xs, rows: Sequence[Mapping[str, float]], width: float, horizontal=False):
-    """Draw stacked bars, one per row, components in MEMORY_PARTS order; returns totals."""
+    """Draw stacked bars, one per row, components in MEMORY_PARTS order; returns totals.
+    "recompute" is drawn only if some row has it (hatched, in the activations' colour)."""
     bottom = [0.0] * len(rows)
     for part in MEMORY_PARTS:
         vals = [float(r.get(part, 0.0)) for r in rows]
+        if part == "recompute" and not any(vals):
+            continue
+        style = dict(color=COLORS["activations"], hatch="///", edgecolor="white", lw=0,
+                     label="recompute (one block, checkpointing)") if part == "recompute" \
+            else dict(color=COLORS[part], label=part)
         if horizontal:
-            ax.barh(xs, vals, height=width, left=bottom, color=COLORS[part], label=part)
+            ax.barh(xs, vals, height=width, left=bottom, **style)
         else:
-            ax.bar(xs, vals, width=width, bottom=bottom, color=COLORS[part], label=part)
+            ax.bar(xs, vals, width=width, bottom=bottom, **style)
         bottom = [b + v for b, v in zip(bottom, vals, strict=True)]
     return bottom
 
@@ -654,21 +784,27 @@ def memory_stack(
 ) -> Figure:
     """Stacked bars of training memory (GB): one panel per method, one bar per model.
 
-    Each bar stacks weights, gradients, optimizer state and activations (the colours of
-    ``COLORS``); its total is written on top. Horizontal dashed lines mark the memory of
-    common devices, so "does it fit?" is read off the figure (a line too close to the one
-    below it keeps its line but not its label). Panels have their own y scale: full
-    fine-tuning of a 65B model needs about 20 times what QLoRA needs.
+    Each bar stacks weights, gradients, optimizer state, activations and, if given, the
+    recompute term of gradient checkpointing (the colours of ``COLORS``); its total is
+    written on top. Every panel has its own y scale (full fine-tuning of a 65B model needs
+    about 20 times what QLoRA needs); the figure's title says so.
+
+    Dashed lines mark device memory, so "does it fit?" is read off the figure. A panel
+    draws only the devices between its smallest bar and the smallest device that every bar
+    fits (the panel reaches up to it): a device below every bar fits none of them and would
+    only crowd the bottom of the panel. Each line is named in
+    the right margin, outside the bars, with its capacity in GiB; a name that would sit on
+    the previous one is left out (the line stays).
 
     Args:
         data: method label -> model label -> component -> GB (10^9 bytes), e.g.
             ``{"QLoRA": {"7B": {"weights": 3.9, "gradients": 0.08, ...}}}``.
-        devices: label -> GB; default :data:`DEVICES`.
+        devices: label -> GiB (2^30 bytes, as GPU memory is sold); default :data:`DEVICES`.
     """
     _check_nonempty("data", data)
     devices = DEVICES if devices is None else devices
     with course_style():
-        fig, axes = _new(1, len(data), figsize=(4.2 * len(data), 4.2), squeeze=False)
+        fig, axes = _new(1, len(data), figsize=(4.4 * len(data), 4.2), squeeze=False)
         for ax, (method, models) in zip(axes[0], data.items(), strict=True):
             _check_nonempty(f"data[{method!r}]", models)
             for m, parts in models.items():
@@ -679,22 +815,27 @@ def memory_stack(
                 ax.annotate(f"{t:,.0f}" if t >= 100 else f"{t:.1f}", (i, t),
                             textcoords="offset points", xytext=(0, 2), ha="center", fontsize=8)
             top = max(totals) * 1.12
-            last = None  # label a line only if it is not crowded onto the previous label
-            for name, gb in sorted(devices.items(), key=lambda kv: kv[1]):
-                if gb <= top:
-                    ax.axhline(gb, color="#555555", ls="--", lw=0.8)
-                    if last is None or gb - last >= 0.045 * top:
-                        ax.annotate(name, (len(labels) - 0.5, gb), xytext=(-2, 2),
-                                    textcoords="offset points", ha="right", fontsize=7,
-                                    color="#555555")
-                        last = gb
+            above = [device_gb(g) for g in devices.values() if device_gb(g) >= max(totals)]
+            if above:  # show the smallest device that every bar fits
+                top = max(top, min(above) * 1.08)
+            last = None  # name a line only if it is not crowded onto the previous name
+            for name, gib in sorted(devices.items(), key=lambda kv: kv[1]):
+                gb = device_gb(gib)
+                if not min(totals) <= gb <= top:
+                    continue
+                ax.axhline(gb, color="#555555", ls="--", lw=0.8)
+                if last is None or gb - last >= 0.06 * top:
+                    ax.annotate(f"{name}: {gib:g} GiB", (1, gb), xycoords=ax.get_yaxis_transform(),
+                                xytext=(3, 0), textcoords="offset points", ha="left",
+                                va="center", fontsize=7, color="#555555", annotation_clip=False)
+                    last = gb
             ax.set_ylim(0, top)
             ax.set_xticks(list(range(len(labels))), labels)
             ax.set_title(method)
             ax.set_ylabel("GB (10^9 bytes)")
         handles, names = axes[0][0].get_legend_handles_labels()
-        fig.legend(handles, names, loc="lower center", ncol=len(MEMORY_PARTS))
-        fig.suptitle(title, fontweight="bold")
+        fig.legend(handles, names, loc="lower center", ncol=len(names))
+        fig.suptitle(f"{title} (each panel has its own y scale)", fontweight="bold")
         fig.tight_layout(rect=(0, 0.07, 1, 1))
         return fig
 
@@ -741,17 +882,20 @@ def human_bytes(n: float) -> str:
 
 
 def comm_bytes(panels: Mapping[str, Mapping[str, float]],
-               xlabel: str = "gradient bytes all-reduced per step") -> Figure:
-    """Side-by-side panels of horizontal bars on a log scale: what each method sends over
-    the network per step, e.g. the course model measured next to a 7B model counted.
+               xlabel: str = "gradient bytes all-reduced per step (log scale)") -> Figure:
+    """Side-by-side panels of dots on a log axis: what each method sends over the network
+    per step, e.g. the course model measured next to a 7B model counted.
 
-    A log axis because the point is the ratio: full fine-tuning all-reduces every
-    gradient (4 bytes x all parameters in fp32), LoRA only the adapters' r * (d + k) per
-    layer, a hundred to a thousand times less.
+    A log axis because the values span orders of magnitude: full fine-tuning all-reduces
+    every gradient (4 bytes x all parameters in fp32), LoRA only the adapters' r * (d + k)
+    per layer. Dots, not bars: on a log axis a bar's length depends on where the axis
+    starts and means nothing. Each dot is labelled with its bytes and, after the first
+    row, with the ratio to the first row ("92x less").
 
     Args:
-        panels: panel title -> (method label -> bytes), bars drawn top to bottom; a label
-            starting with "full", "LoRA" or "QLoRA" gets that method's colour.
+        panels: panel title -> (method label -> bytes), rows drawn top to bottom; the first
+            row is the reference of the ratios; a label starting with "full", "LoRA" or
+            "QLoRA" gets that method's colour.
     """
     _check_nonempty("panels", panels)
     for title, rows in panels.items():
@@ -762,17 +906,22 @@ def comm_bytes(panels: Mapping[str, Mapping[str, float]],
                              f"(must be > 0): {bad}")
     n_rows = max(len(r) for r in panels.values())
     with course_style():
-        fig, axes = _new(1, len(panels), figsize=(5.2 * len(panels), 0.5 * n_rows + 1.6),
+        fig, axes = _new(1, len(panels), figsize=(5.2 * len(panels), 0.6 * n_rows + 1.6),
                          squeeze=False)
         for ax, (title, rows) in zip(axes[0], panels.items(), strict=True):
             labels = list(rows)
-            colors = [_method_color(lb, COLORS["base"]) for lb in labels]
-            b = ax.barh(labels, [rows[k] for k in labels], color=colors)
-            ax.invert_yaxis()
+            ref = rows[labels[0]]
+            for i, lb in enumerate(labels):
+                v = rows[lb]
+                ax.scatter([v], [i], s=45, color=_method_color(lb, COLORS["base"]), zorder=2)
+                text = human_bytes(v) if i == 0 else f"{human_bytes(v)}, {ref / v:,.0f}x less"
+                ax.annotate(text, (v, i), textcoords="offset points", xytext=(0, 7),
+                            ha="center", fontsize=8)
+            ax.set_yticks(range(len(labels)), labels)
+            ax.set_ylim(len(labels) - 0.5, -0.7)  # first row on top, room for the labels
             ax.set_xscale("log")
-            ax.bar_label(b, labels=[human_bytes(rows[k]) for k in labels], padding=3,
-                         fontsize=8)
-            ax.set_xlim(min(rows.values()) / 3, max(rows.values()) * 12)
+            ax.set_xlim(min(rows.values()) / 6, max(rows.values()) * 6)
+            ax.grid(axis="x", which="major", alpha=0.3)
             ax.set_xlabel(xlabel)
             ax.set_title(title)
         return _finish(fig)

@@ -54,18 +54,39 @@ CORE_TOPICS = ("lora-basics", "lora-params", "qlora", "quantization", "benefits"
 #: given: the core topics. Lesson topics (``memory``, ``scaling``) are asked by name, so the
 #: review of lesson 08 stays on the cheat sheet. A bank with none of these uses all its topics.
 REVIEW_TOPICS = CORE_TOPICS
-#: Topics each lesson's closing quiz draws from (``lesson_quiz("01")``).
+#: The topics each lesson teaches; a closing quiz longer than its curated items
+#: (``lesson_quiz("01", n=6)``) draws the rest from them.
 LESSON_TOPICS = {
-    "00": ("lora-basics",),
-    "01": ("lora-basics", "lora-params"),
-    "02": ("lora-params", "lora-is-not"),
-    "03": ("benefits", "lora-is-not"),
+    "00": ("lora-basics", "lora-params"),
+    "01": ("lora-basics", "lora-params", "lora-is-not"),
+    "02": ("lora-layers",),
+    "03": ("finetuning",),
     "04": ("quantization",),
     "05": ("qlora",),
-    "06": ("memory", "qlora"),
+    "06": ("memory",),
     "07": CORE_TOPICS,
     "08": CORE_TOPICS,
-    "09": ("scaling", "benefits"),
+    "09": ("scaling",),
+}
+#: Each lesson's closing quiz, chosen by hand: three items on what that lesson taught, easy to
+#: hard, and no item in two lessons' quizzes (a test checks both).
+LESSON_ITEMS = {
+    "00": ("lb-acronym", "lp-trainable-count", "lp-count-bug"),
+    "01": ("ln-which-is-lora", "lb-rank-meaning", "lp-model-total"),
+    "02": ("ll-b-zero", "ll-merge-bug", "ll-rank-scenario"),
+    "03": ("ft-forgetting", "ft-switch-bug", "ft-lr-why"),
+    "04": ("qz-bytes-recall", "qz-absmax-bits", "qz-double-quant"),
+    "05": ("ql-name", "ql-what-4bit", "ql-dequant"),
+    "06": ("mem-bytes-per-param", "mem-lora-removes", "mem-checkpointing-code"),
+    "07": ("qz-why", "ql-memory-bug", "ql-adapter-precision"),
+    "08": ("bf-scenario-budget", "ln-grow", "ln-scenario-speed"),
+    "09": ("sc-ddp-replica", "sc-adapter-bytes", "sc-token-weighting"),
+}
+#: Items a lesson works through in its own cells (lesson 07's problems, lesson 08's explain
+#: examples), besides its closing quiz; a test checks this against the notebooks.
+LESSON_SHOWN = {
+    "07": ("lb-goal", "ql-name", "ql-memory-code", "qz-both-bug", "ql-scenario-laptop"),
+    "08": ("lb-explain", "ql-explain"),
 }
 TEST_PLAN = ("easy",) * 3 + ("medium",) * 4 + ("hard",) * 3
 
@@ -651,16 +672,20 @@ def review_topics(bank: Bank) -> tuple[str, ...]:
     return have or tuple(bank.topics)
 
 
-def pick_test(bank: Bank, seed: int = 0, n: int = 10, topics=None) -> list[Item]:
+def pick_test(bank: Bank, seed: int = 0, n: int = 10, topics=None, exclude=()) -> list[Item]:
     """A test: ``TEST_PLAN`` difficulties (3 easy, 4 medium, 3 hard), spread over topics.
 
     Only kinds with one right answer (``SCORED_KINDS``) are drawn; each slot takes an item
     from a topic used least so far, chosen at random from ``seed``. ``topics`` (a tuple of
-    names) limits the draw; default :func:`review_topics`, the core topics.
+    names) limits the draw; default :func:`review_topics`, the core topics. Items whose id
+    is in ``exclude`` are not drawn.
     """
     if n != len(TEST_PLAN):
         raise ValueError(f"a test has {len(TEST_PLAN)} items, got n={n}")
     topics = review_topics(bank) if topics is None else _known_topics(bank, topics)
+    unknown = sorted(set(exclude) - set(bank.by_id))
+    if unknown:
+        raise QuizError(f"exclude names no item: {', '.join(unknown)} (check the ids)")
     rng = random.Random(seed)
     used: dict[str, int] = {}
     picked: list[Item] = []
@@ -668,12 +693,13 @@ def pick_test(bank: Bank, seed: int = 0, n: int = 10, topics=None) -> list[Item]
         pool = [
             it
             for it in bank.select(topic=topics, kind=SCORED_KINDS, difficulty=difficulty)
-            if it not in picked
+            if it not in picked and it.id not in exclude
         ]
         if not pool:
             raise QuizError(
                 f"the bank has too few {difficulty} scored items for a test on "
                 f"{', '.join(topics)}"
+                + (f" once {len(set(exclude))} excluded items are left out" if exclude else "")
             )
         least = min(used.get(it.topic, 0) for it in pool)
         choice = rng.choice([it for it in pool if used.get(it.topic, 0) == least])
@@ -998,24 +1024,43 @@ def show(
     )
 
 
-def lesson_quiz(lesson: str, n: int = 3, seed: int = 0, progress=None, bank=None) -> Session:
-    """The closing quiz of a lesson: ``n`` items from the topics in ``LESSON_TOPICS[lesson]``,
-    easy first, then medium, then hard (round robin, so 3 items are one of each)."""
+def lesson_items(bank: Bank, lesson, n: int = 3, seed: int = 0) -> list[Item]:
+    """The items of a lesson's closing quiz: its curated ``LESSON_ITEMS`` first, then, if
+    ``n`` asks for more, items drawn with ``seed`` from its ``LESSON_TOPICS`` (easy, medium,
+    hard in turn) that no other lesson's quiz uses."""
     lesson = str(lesson).zfill(2)
     if lesson not in LESSON_TOPICS:
         raise QuizError(f"no quiz for lesson {lesson!r}; lessons: {', '.join(LESSON_TOPICS)}")
-    bank = bank if isinstance(bank, Bank) else load_bank(bank)
-    shuffled = pick(bank, LESSON_TOPICS[lesson], seed=seed)
+    items = pick(bank, ids=LESSON_ITEMS[lesson])[:n]
+    taken = {i for ids in LESSON_ITEMS.values() for i in ids}
+    shuffled = [it for it in pick(bank, LESSON_TOPICS[lesson], seed=seed) if it.id not in taken]
     queues = [[it for it in shuffled if it.difficulty == d] for d in DIFFICULTIES]
-    items: list[Item] = []
     while len(items) < n and any(queues):
         items += [q.pop(0) for q in queues if q][: n - len(items)]
+    return items
+
+
+def already_asked(lesson) -> tuple[str, ...]:
+    """Ids of the items the course asks outside ``lesson``'s review: the closing quizzes and
+    worked items (``LESSON_SHOWN``) of the lessons before it, and ``lesson``'s own, so that
+    its test asks only new items: ``take_test(exclude=already_asked("08"))``."""
+    lesson = str(lesson).zfill(2)
+    if lesson not in LESSON_TOPICS:
+        raise QuizError(f"no lesson {lesson!r}; lessons: {', '.join(LESSON_TOPICS)}")
+    upto = [k for k in LESSON_TOPICS if k <= lesson]
+    return tuple(i for k in upto for i in LESSON_ITEMS[k] + LESSON_SHOWN.get(k, ()))
+
+
+def lesson_quiz(lesson: str, n: int = 3, seed: int = 0, progress=None, bank=None) -> Session:
+    """The closing quiz of a lesson: its three hand-picked items (:func:`lesson_items`)."""
+    lesson = str(lesson).zfill(2)
+    bank = bank if isinstance(bank, Bank) else load_bank(bank)
     return Session(
-        items,
+        lesson_items(bank, lesson, n, seed),
         mode="practice",
         progress=_progress(progress),
         title=f"Lesson {lesson} quiz",
-        command="practice",
+        command=f"lesson {lesson}",
     )
 
 
@@ -1053,15 +1098,16 @@ def explain(topic=None, seed: int = 0, n=None, progress=None, bank=None) -> Sess
                   seed, progress, review=True)
 
 
-def take_test(seed: int = 0, progress=None, bank=None, topics=None) -> Session:
+def take_test(seed: int = 0, progress=None, bank=None, topics=None, exclude=()) -> Session:
     """The 10-question test (3 easy, 4 medium, 3 hard), scored with a per-topic breakdown.
 
     ``topics``: a tuple of topic names to draw from; default the core topics
     (:func:`review_topics`), e.g. ``topics=quiz.load_bank().topics`` for every topic.
+    ``exclude``: ids not to ask, e.g. ``already_asked("08")``, what the lessons ask elsewhere.
     """
     bank = bank if isinstance(bank, Bank) else load_bank(bank)
     return Session(
-        pick_test(bank, seed, topics=topics),
+        pick_test(bank, seed, topics=topics, exclude=exclude),
         mode="test",
         progress=_progress(progress),
         title=f"Test (seed {seed}): 10 questions",
@@ -1161,14 +1207,18 @@ def main(argv=None, stdin=None, stdout=None) -> int:
         "mode",
         nargs="?",
         default="practice",
-        help="a topic, or practice | test | flashcards | explain | progress | reset",
+        help="a topic, or lesson NN | practice | test | flashcards | explain | progress | reset",
     )
+    parser.add_argument("lesson", nargs="?", default=None, help="after 'lesson': its number (07)")
     parser.add_argument("--seed", type=int, default=0, help="which items (default 0)")
     parser.add_argument("--n", type=int, default=None, help="how many items (not for test)")
     parser.add_argument("--progress", default=None, help="progress file (default: user data dir)")
     parser.add_argument("--bank", default=None, help="quiz bank directory (default: quizzes/)")
     args = parser.parse_args(argv)
     try:
+        if args.lesson is not None and args.mode != "lesson":
+            raise QuizError(f"unexpected argument {args.lesson!r}: only 'lesson' takes a "
+                            "number, e.g. python -m labkit.quiz lesson 07")
         if args.mode == "reset":
             progress = Progress(args.progress, read=False)  # a corrupt file must not block it
             progress.reset()
@@ -1185,18 +1235,28 @@ def main(argv=None, stdin=None, stdout=None) -> int:
             fbs = term.run(items, "test", f"Test (seed {args.seed}): 10 questions, no hints.")
             term.say("\n" + score_test(items, fbs).text())
             return 0
-        topic = args.mode if args.mode in bank.titles else None
-        kind = {"flashcards": "recall", "explain": "explain"}.get(args.mode)
-        if topic is None and args.mode not in ("practice", "flashcards", "explain"):
-            raise QuizError(
-                f"unknown mode {args.mode!r}; use a topic ({', '.join(bank.topics)})"
-                " or practice, test, flashcards, explain, progress, reset"
-            )
-        mode = "practice" if topic else args.mode
-        if kind is not None:  # flashcards and explain review the core topics, as in lessons
-            topic = review_topics(bank)
-        items = pick(bank, topic, kind=kind, n=args.n, seed=args.seed)
-        fbs = term.run(items, mode, f"{mode.capitalize()}: {len(items)} items.")
+        if args.mode == "lesson":
+            if args.lesson is None:
+                raise QuizError(
+                    f"which lesson? e.g. python -m labkit.quiz lesson 07; "
+                    f"lessons: {', '.join(LESSON_TOPICS)}"
+                )
+            items = lesson_items(bank, args.lesson, n=args.n or 3, seed=args.seed)
+            mode, title = "practice", f"Lesson {str(args.lesson).zfill(2)} quiz"
+        else:
+            topic = args.mode if args.mode in bank.titles else None
+            kind = {"flashcards": "recall", "explain": "explain"}.get(args.mode)
+            if topic is None and args.mode not in ("practice", "flashcards", "explain"):
+                raise QuizError(
+                    f"unknown mode {args.mode!r}; use a topic ({', '.join(bank.topics)})"
+                    " or lesson NN, practice, test, flashcards, explain, progress, reset"
+                )
+            mode = "practice" if topic else args.mode
+            if kind is not None:  # flashcards and explain review the core topics, as in lessons
+                topic = review_topics(bank)
+            items = pick(bank, topic, kind=kind, n=args.n, seed=args.seed)
+            title = mode.capitalize()
+        fbs = term.run(items, mode, f"{title}: {len(items)} items.")
         done = [fb for fb in fbs if fb is not None]
         term.say(f"\nDone: {sum(bool(fb.correct) for fb in done)}/{len(done)} right.")
         return 0

@@ -124,8 +124,10 @@ def memory_numbers(model: str = "llama-2-7b", method: str = "QLoRA", r: int = 16
     """The numbers the memory calculator shows: breakdown, total, fit, dominant part.
 
     Returns:
-        ``{"parts": {component: GB}, "total": GB, "device_gb": GB, "fits": bool,
-        "spare": GB (negative when it does not fit), "dominant": component}``, GB = 10^9 B.
+        ``{"parts": {component: GB}, "total": GB, "device_gib": GiB, "device_gb": GB,
+        "fits": bool, "spare": GB (negative when it does not fit), "dominant": component}``,
+        GB = 10^9 B. The device's memory is :data:`labkit.plots.DEVICES`' GiB (2^30 B, as
+        GPU memory is sold) converted to GB; nothing is subtracted for the CUDA context.
 
     Raises:
         ValueError: unknown model, method or device; bad numbers (from the estimator).
@@ -138,11 +140,13 @@ def memory_numbers(model: str = "llama-2-7b", method: str = "QLoRA", r: int = 16
         raise ValueError(f"unknown device {device!r}; use one of {', '.join(plots.DEVICES)}")
     est = memory.estimate(model, batch=batch, seq_len=seq_len, r=r,
                           gradient_checkpointing=checkpointing, **CALC_METHODS[method])
-    gb = plots.DEVICES[device]
+    gib = plots.DEVICES[device]
+    gb = gib * memory.GiB / memory.GB
     parts = {k: v / memory.GB for k, v in est.stack().items()}
     total = est.total / memory.GB
-    return {"parts": parts, "total": total, "device_gb": gb, "fits": memory.fits(est, gb),
-            "spare": gb - total, "dominant": memory.dominant(est)}
+    return {"parts": parts, "total": total, "device_gib": gib, "device_gb": gb,
+            "fits": memory.fits(est, gib), "spare": gb - total,
+            "dominant": memory.dominant(est)}
 
 
 class MemoryCalculator(Explorer):
@@ -189,9 +193,11 @@ class MemoryCalculator(Explorer):
                  f"{'on' if self.checkpointing.value else 'off'}"]
         lines += [f"  {k:<12}{v:9.2f} GB" for k, v in n["parts"].items()]
         lines.append(f"  {'total':<12}{n['total']:9.2f} GB")
-        verdict = (f"fits the {self.device.value} ({n['spare']:.1f} GB to spare)" if n["fits"]
-                   else f"does NOT fit the {self.device.value} ({-n['spare']:.1f} GB short)")
-        lines.append(f"  -> {verdict}; largest part: {n['dominant']}")
+        dev = f"{self.device.value} ({n['device_gib']:g} GiB = {n['device_gb']:.1f} GB)"
+        verdict = (f"fits the {dev}: {n['spare']:.1f} GB to spare" if n["fits"]
+                   else f"does NOT fit the {dev}: {-n['spare']:.1f} GB short")
+        lines.append(f"  -> {verdict} (before the CUDA context); largest part: "
+                     f"{n['dominant']}")
         return "\n".join(lines)
 
     def _update(self, *_):

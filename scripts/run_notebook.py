@@ -51,7 +51,7 @@ def execute(path: Path, timeout: int = 600) -> float:
     nb = nbformat.read(path, as_version=4)
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
-    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # as in tests/conftest.py
+    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # as in the root conftest.py
     with tempfile.TemporaryDirectory(prefix="labkit-exec-") as tmp:
         os.environ["LABKIT_PROGRESS"] = str(Path(tmp) / "progress.json")
         client = NotebookClient(

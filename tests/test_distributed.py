@@ -217,16 +217,18 @@ def test_world_size_that_does_not_divide_the_batch_fails_clearly(tmp_path):
     assert not (tmp_path / "run.json").exists()
 
 
-def simulated_ring_allreduce(buffers: list[list[float]]) -> tuple[list[list[float]], int]:
-    """A ring all-reduce done by hand: W ranks, each buffer cut into W chunks; W - 1 rounds
-    of reduce-scatter (send a chunk to the right neighbour, who adds it), then W - 1 rounds
-    of all-gather (pass the finished chunks on). Returns the buffers and the elements
-    rank 0 sent."""
+def simulated_ring(buffers: list[list[float]], phases=("reduce", "gather")
+                   ) -> tuple[list[list[float]], list[int]]:
+    """Ring collectives done by hand: W ranks, each buffer cut into W chunks. "reduce" is
+    W - 1 rounds of reduce-scatter (send a chunk to the right neighbour, who adds it; rank r
+    ends with the sum of chunk r + 1), "gather" W - 1 rounds of all-gather (pass the
+    finished chunks on, rank r starting from its chunk r + 1); both is a ring all-reduce.
+    Returns the buffers and the elements each rank sent."""
     w, n = len(buffers), len(buffers[0])
     bufs = [list(b) for b in buffers]
     bounds = [(i * n // w, (i + 1) * n // w) for i in range(w)]
-    sent0 = 0
-    for phase in ("reduce", "gather"):
+    sent = [0] * w
+    for phase in phases:
         for step in range(w - 1):
             # rank r sends chunk (r - step) (reduce) or (r + 1 - step) (gather) to rank r + 1
             msgs = []
@@ -234,23 +236,49 @@ def simulated_ring_allreduce(buffers: list[list[float]]) -> tuple[list[list[floa
                 c = (r - step + (phase == "gather")) % w
                 lo, hi = bounds[c]
                 msgs.append(((r + 1) % w, lo, hi, bufs[r][lo:hi]))
-                sent0 += (hi - lo) * (r == 0)
+                sent[r] += hi - lo
             for dst, lo, hi, vals in msgs:
                 for i, v in zip(range(lo, hi), vals, strict=True):
                     bufs[dst][i] = bufs[dst][i] + v if phase == "reduce" else v
-    return bufs, sent0
+    return bufs, sent
 
 
 @pytest.mark.parametrize("world", [1, 2, 3, 4, 8])
 def test_ring_allreduce_bytes_counts_what_a_ring_sends(world):
     n = 24
     buffers = [[float(r * 100 + i) for i in range(n)] for r in range(world)]
-    out, sent = simulated_ring_allreduce(buffers)
+    out, sent = simulated_ring(buffers)
     total = [sum(b[i] for b in buffers) for i in range(n)]
     assert all(b == total for b in out)  # the simulation is a correct all-reduce
-    assert D.ring_allreduce_bytes(4 * n, world) == 4 * sent
+    assert all(D.ring_allreduce_bytes(4 * n, world) == 4 * s for s in sent)
     with pytest.raises(ValueError, match="world_size must be >= 1"):
         D.ring_allreduce_bytes(4, 0)
+
+
+@pytest.mark.parametrize("world", [1, 2, 3, 4, 8])
+def test_ring_allgather_and_reduce_scatter_bytes_count_what_a_ring_sends(world):
+    n = 24
+    chunk = [(i * n // world, (i + 1) * n // world) for i in range(world)]
+    whole = [float(7 * i + 1) for i in range(n)]
+    # all-gather: rank r starts with only its own shard (chunk r + 1); NaN marks the unknown
+    own = [range(*chunk[(r + 1) % world]) for r in range(world)]
+    start = [[whole[i] if i in own[r] else float("nan") for i in range(n)]
+             for r in range(world)]
+    out, sent = simulated_ring(start, phases=("gather",))
+    assert all(b == whole for b in out)  # every rank ends with the whole buffer
+    assert all(D.ring_allgather_bytes(4 * n, world) == 4 * s for s in sent)
+    # reduce-scatter: every rank holds a whole buffer; rank r ends with chunk r + 1 summed
+    buffers = [[float(r * 100 + i) for i in range(n)] for r in range(world)]
+    out, sent = simulated_ring(buffers, phases=("reduce",))
+    for r in range(world):
+        lo, hi = chunk[(r + 1) % world]
+        assert out[r][lo:hi] == [sum(b[i] for b in buffers) for i in range(lo, hi)]
+    assert all(D.ring_reduce_scatter_bytes(4 * n, world) == 4 * s for s in sent)
+    # each is one pass around the ring: half of an all-reduce, which is the two in a row
+    assert D.ring_allgather_bytes(4 * n, world) == D.ring_allreduce_bytes(4 * n, world) / 2
+    for fn in (D.ring_allgather_bytes, D.ring_reduce_scatter_bytes):
+        with pytest.raises(ValueError, match="world_size must be >= 1"):
+            fn(4, 0)
 
 
 def test_shard_task_splits_the_global_batch():

@@ -233,7 +233,7 @@ def test_llama_65b_qlora_fits_one_48gb_gpu():
 
 def test_llama_7b_4bit_base_size():
     """The 4-bit LLaMA-7B base: linears NF4 + double quantization, embeddings / head / norms
-    bf16: 3.8-3.9 GB (10^9 bytes). The paper's 5,048 MB was measured on a GPU (lesson 06)."""
+    bf16: 3.8-3.9 GB (10^9 bytes). The QLoRA paper's larger 5,048 MB is discussed in lesson 06."""
     nbytes = memory.base_weight_bytes("llama-1-7b", "nf4", "bf16")
     assert 3.8 * memory.GB <= nbytes <= 3.9 * memory.GB
     # independent: 4.127 bits per linear weight + 2 bytes per other parameter
@@ -257,6 +257,29 @@ def test_fits_and_dominant():
     assert memory.dominant(est) == "optimizer"
     assert est.total == pytest.approx(57.6e9, rel=0.01)  # 2 + 2 + 4 B/param + activations
     assert not memory.fits(est, 48) and memory.fits(est, 80)
+
+
+def test_fits_counts_device_memory_in_gib():
+    """GPU memory is sold in GiB: an "80 GB" card holds 80 * 2^30 bytes (85.9e9)."""
+    b = memory.MemoryBreakdown(weights=80 * 1024**3)
+    assert memory.fits(b, 80)
+    b.activations = 1  # one byte more than 80 GiB
+    assert not memory.fits(b, 80)
+    # 7B full fine-tuning at 12 B/param: 81.2e9 B, above 80e9 but below 80 GiB
+    est = memory.estimate("llama-2-7b", "full", 1, 512, weight_dtype="bf16", state_dtype="fp32",
+                          gradient_checkpointing=True)
+    assert 80e9 < est.total < 80 * 1024**3 and memory.fits(est, 80)
+    with pytest.raises(ValueError, match="device_gib must be > 0"):
+        memory.fits(b, 0)
+
+
+def test_stack_can_keep_recompute_apart():
+    est = memory.estimate("llama-2-7b", "qlora", 1, 512, gradient_checkpointing=True)
+    four, five = est.stack(), est.stack(separate_recompute=True)
+    assert est.recompute > 0 and five["recompute"] == est.recompute
+    assert five["activations"] == est.activations
+    assert four["activations"] == est.activations + est.recompute
+    assert sum(four.values()) == sum(five.values()) == est.total
 
 
 # --------------------------------------------------------------------------- bad input

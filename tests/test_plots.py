@@ -36,13 +36,17 @@ def test_lora_savings_lines_are_the_trainable_share():
     assert _png(fig)[:4] == b"\x89PNG"
 
 
-def test_model_savings_bars_and_labels():
-    fig = plots.model_savings({"7B": (6_738_415_616, 4_194_304), "tiny": (1000, 10)})
+def test_model_savings_dots_counts_and_shares():
+    fig = plots.model_savings({"7B": (6_738_415_616, 19_988_480), "tiny": (1000, 10)})
     ax = fig.axes[0]
-    widths = sorted(p.get_width() for p in ax.patches)
-    assert widths == [10, 1000, 4_194_304, 6_738_415_616]
+    assert ax.get_xscale() == "log" and not ax.patches  # dots, no bars on a log axis
+    dots = sorted(tuple(xy) for coll in ax.collections for xy in coll.get_offsets())
+    assert dots == [(10, 1), (1000, 1), (19_988_480, 0), (6_738_415_616, 0)]
     texts = {t.get_text() for t in ax.texts}
-    assert "6,738,415,616" in texts and "4,194,304" in texts
+    assert {"6,738,415,616", "19,988,480", "1,000", "10"} <= texts
+    assert "0.297 % = 1/337" in texts and "1.000 % = 1/100" in texts
+    # the legend sits below the axes, clear of the count labels
+    assert fig.axes[0].get_legend().get_bbox_to_anchor().y1 < ax.get_window_extent().y0
 
 
 def test_singular_values_energy_annotations():
@@ -78,6 +82,35 @@ def test_style_does_not_leak():
     before = dict(matplotlib.rcParams)
     plots.bars({"a": 1}, "x", "t")
     assert matplotlib.rcParams["axes.spines.top"] == before["axes.spines.top"]
+
+
+def test_stacked_bars_stack_parts_and_write_totals():
+    rows = {"rule": {"linear": 3.0, "embed": 0.25},            # no "adapter" part: counts 0
+            "real": {"linear": 3.5, "embed": 0.5, "adapter": 0.125}}
+    fig = plots.stacked_bars(rows, "GB", "sizes", fmt="{:.3f} GB", colors={"embed": "#8C8C8C"})
+    ax = fig.axes[0]
+    # parts in first-seen order, one bar per row each, left edges cumulative
+    by_part = {}
+    for container in ax.containers:
+        by_part[container.get_label()] = [(p.get_x(), p.get_width()) for p in container]
+    assert list(by_part) == ["linear", "embed", "adapter"]
+    assert by_part["linear"] == [(0.0, 3.0), (0.0, 3.5)]
+    assert by_part["embed"] == [(3.0, 0.25), (3.5, 0.5)]
+    assert by_part["adapter"] == [(3.25, 0.0), (4.0, 0.125)]
+    assert matplotlib.colors.to_hex(ax.containers[1][0].get_facecolor()) == "#8c8c8c"
+    assert [t.get_text() for t in ax.texts] == ["3.250 GB", "4.125 GB"]
+    assert [t.get_text() for t in ax.get_yticklabels()] == ["rule", "real"]
+    assert [t.get_text() for t in fig.legends[0].get_texts()] == ["linear", "embed", "adapter"]
+
+
+@pytest.mark.parametrize("rows, msg", [
+    ({}, "rows is empty"),
+    ({"a": {}}, r"rows\['a'\] is empty"),
+    ({"a": {"x": -1.0}}, "must be >= 0"),
+])
+def test_stacked_bars_bad_input(rows, msg):
+    with pytest.raises(ValueError, match=msg):
+        plots.stacked_bars(rows, "GB", "t")
 
 
 # --- lesson 04: quantization ---
@@ -150,11 +183,20 @@ def test_memory_stack_bars_stack_the_components_and_mark_devices():
                   key=lambda r: r.get_y())
     assert [round(r.get_height(), 6) for r in bar7] == [3.9, 0.08, 0.16, 0.5]
     assert bar7[-1].get_y() + bar7[-1].get_height() == pytest.approx(4.64)
-    # device lines: QLoRA panel tops at 7.0+...=8.15 * 1.12, so only the 8 GB line shows
+    # device lines sit at their GiB in GB: 8 GiB = 8 * 2^30 / 10^9 = 8.59 GB. QLoRA bars:
+    # 4.64 and 8.15 GB: every bar fits 8 GiB, so the panel reaches up to that line
+    # (8.59 * 1.08 > 8.15 * 1.12) and shows no device above it
+    gib = 2**30 / 1e9
     q_lines = [ln.get_ydata()[0] for ln in ax_q.get_lines()]
-    assert q_lines == [8]
+    assert q_lines == pytest.approx([8 * gib])
+    assert ax_q.get_ylim()[1] == pytest.approx(8 * gib * 1.08)
+    # full bars: 84.7 and 161.8 GB: only the 80 GiB line (85.9 GB) lies between the smallest
+    # bar and the top; 8-48 GiB lie below every bar and are not drawn
     full_lines = sorted(ln.get_ydata()[0] for ln in ax_full.get_lines())
-    assert full_lines == [8, 16, 24, 48, 80]
+    assert full_lines == pytest.approx([80 * gib])
+    names = [t.get_text() for t in ax_full.texts if "GiB" in t.get_text()]
+    assert names == ["80 GB: 80 GiB"]
+    assert "own y scale" in fig._suptitle.get_text()
     assert len(_png(fig)) > 1000
 
 
@@ -179,11 +221,33 @@ def test_memory_plots_bad_input(call, msg):
 
 
 def test_memory_stack_skips_crowded_device_labels():
-    fig = plots.memory_stack({"full": {"65B": _gb(130, 130, 520, 1)}})
+    # bars of 1 and 100 GB; 200 GiB (214.7 GB) is the smallest device both fit, so the
+    # panel reaches 214.7 * 1.08 = 231.9 GB and 1000 GiB is not drawn. 8 and 10 GiB (8.6,
+    # 10.7 GB) are closer than 6 % of 231.9, so the 10 GiB line is drawn without its name
+    fig = plots.memory_stack({"LoRA": {"a": _gb(1, 0, 0, 0), "b": _gb(100, 0, 0, 0)}},
+                             devices={"eight": 8, "ten": 10, "forty": 40, "big": 200,
+                                      "huge": 1000})
     ax = fig.axes[0]
-    assert len(ax.get_lines()) == 5  # every device line is drawn
-    labels = [t.get_text() for t in ax.texts if "GB" in t.get_text()]
-    assert labels == ["8 GB laptop", "48 GB"]  # 16 and 24 sit on the 8 GB label; 80 on 48
+    assert len(ax.get_lines()) == 4
+    labels = [t.get_text() for t in ax.texts if "GiB" in t.get_text()]
+    assert labels == ["eight: 8 GiB", "forty: 40 GiB", "big: 200 GiB"]
+
+
+def test_memory_stack_draws_recompute_hatched_on_top():
+    parts = dict(_gb(3.0, 0.1, 0.2, 0.5), recompute=0.25)
+    fig = plots.memory_stack({"QLoRA": {"7B": parts}})
+    ax = fig.axes[0]
+    rects = sorted(ax.patches, key=lambda r: r.get_y())
+    assert [round(r.get_height(), 6) for r in rects] == [3.0, 0.1, 0.2, 0.5, 0.25]
+    assert rects[-1].get_hatch() == "///"
+    assert rects[-1].get_y() + rects[-1].get_height() == pytest.approx(4.05)
+    assert "recompute (one block, checkpointing)" in [
+        t.get_text() for t in fig.legends[0].get_texts()]
+
+
+def test_device_gb_converts_binary_capacity():
+    assert plots.device_gb(80) == 80 * 1024**3 / 10**9
+    assert round(plots.device_gb(80), 1) == 85.9
 
 
 # --- lesson 01 / 02 figures ---------------------------------------------------------------
@@ -219,6 +283,18 @@ def test_update_norms_draw_one_line_per_rule():
     assert ax.get_yscale() == "log"
 
 
+def test_update_norms_colours_and_reference_slope():
+    fig = plots.update_norms([1, 4, 16], {"lora": [2.0, 1.0, 0.5], "rs": [2.0, 2.0, 2.0]},
+                             colors={"lora": plots.COLORS["lora"]},
+                             reference=(-0.5, "1/sqrt(r)"))
+    lines = {ln.get_label(): ln for ln in fig.axes[0].get_lines()}
+    assert lines["lora"].get_color() == plots.COLORS["lora"]
+    assert lines["rs"].get_color() != plots.COLORS["lora"]
+    # r**-0.5 through the first rule's first point: 2, 1, 0.5 at r = 1, 4, 16
+    np.testing.assert_allclose(lines["1/sqrt(r)"].get_ydata(), [2.0, 1.0, 0.5])
+    assert lines["1/sqrt(r)"].get_linestyle() == "--"
+
+
 def test_update_norms_needs_one_norm_per_rank():
     with pytest.raises(ValueError, match="one norm per rank"):
         plots.update_norms([1, 2], {"a": [1.0]})
@@ -238,7 +314,52 @@ def test_bits_per_weight_draws_curves_limits_and_points():
     assert list(lines[2].get_xdata()) == [16384] and list(lines[2].get_ydata()) == [4.66]
     assert ax.get_xscale() == "log"
     assert {t.get_text() for t in ax.texts} == {"limit: 4.127", "q_proj"}
+    assert [t.get_text() for t in ax.get_legend().get_texts()] == ["NF4 + DQ", "our layers"]
     assert len(_png(fig)) > 1000
+
+
+def test_bits_per_weight_colours_a_curve_and_its_limit_and_labels_all_dots_once():
+    fig = plots.bits_per_weight(
+        {"NF4 + DQ": ([4096, 65536], [4.6, 4.16]), "NF4": ([4096, 65536], [5.0, 4.53])},
+        limits={"limit NF4 + DQ": 4.127},
+        points={"k_proj": (8192, 5.2), "q_proj": (16384, 4.66)},
+        colors={"NF4 + DQ": plots.COLORS["nf4"], "limit NF4 + DQ": plots.COLORS["nf4"]},
+        label_offsets={"q_proj": (6, 4)})
+    ax = fig.axes[0]
+    curve, other, limit, dots = ax.get_lines()
+    nf4 = plots.COLORS["nf4"]
+    assert curve.get_color() == nf4 and limit.get_color() == nf4
+    assert other.get_color() == plots._CYCLE[1]  # not named: the course cycle, in order
+    assert list(dots.get_xdata()) == [8192, 16384] and list(dots.get_ydata()) == [5.2, 4.66]
+    assert [t.get_text() for t in ax.get_legend().get_texts()] == ["NF4 + DQ", "NF4",
+                                                                     "our layers"]
+    where = {t.get_text(): (t.get_position(), t.get_ha(), t.get_va()) for t in ax.texts}
+    assert where["k_proj"] == ((-5, -5), "right", "top")  # default: below left of the dot
+    assert where["q_proj"] == ((6, 4), "left", "bottom")
+
+
+def test_format_colours_are_not_method_colours_and_bit_widths_darken_with_bits():
+    methods = {plots.COLORS[k].lower() for k in ("full", "lora", "qlora", "base", "weights",
+                                                 "gradients", "optimizer", "activations",
+                                                 "quant_state")}
+    formats = [plots.COLORS[k].lower() for k in ("nf4", "fp4", "int4")]
+    assert len(set(formats)) == 3 and not set(formats) & methods
+    widths = [plots.BIT_WIDTHS[b] for b in (32, 16, 8, 4)]
+    assert not {w.lower() for w in widths} & methods
+
+    def luminance(c):
+        r, g, b = matplotlib.colors.to_rgb(c)
+        return 0.2126 * r + 0.7152 * g + 0.0722 * b
+
+    lum = [luminance(c) for c in widths]
+    assert lum == sorted(lum) and len(set(lum)) == 4  # more bits, darker
+
+
+def test_training_curves_title_default_and_given():
+    runs = {"a": {"step": [1, 2], "loss": [1.0, 0.5]}}
+    assert plots.training_curves(runs).axes[0].get_title() == "Loss during training"
+    ax = plots.training_curves(runs, title="Training loss").axes[0]
+    assert ax.get_title() == "Training loss"
 
 
 @pytest.mark.parametrize("call, msg", [
@@ -267,6 +388,24 @@ def test_rank_sweep_plots_params_against_accuracy_with_rank_labels():
     assert sorted(t.get_text() for t in ax.texts) == ["r=1", "r=1", "r=4", "r=4"]
     assert ax.get_xscale() == "log"
     assert _png(fig)[:4] == b"\x89PNG"
+    assert lines["q,v"].get_linestyle() == "-"  # joined by default
+
+
+def test_rank_sweep_markers_only_and_labels_on_opposite_sides():
+    # q,v r=4 and all linear r=1 sit at nearly the same x and y: their labels must not overlap
+    res = {"q,v": {1: (896, 0.0), 4: (3584, 0.0)}, "all linear": {1: (4096, 0.0)}}
+    fig = plots.rank_sweep(res, connect=False)
+    ax = fig.axes[0]
+    lines = {ln.get_label(): ln for ln in ax.get_lines()}
+    assert lines["q,v"].get_linestyle() == "None" and lines["q,v"].get_marker() == "o"
+    np.testing.assert_array_equal(lines["q,v"].get_xdata(), [896, 3584])  # data unchanged
+    side = {(t.get_text(), t.xy[0]): (t.get_horizontalalignment(), t.xyann[0]) for t in ax.texts}
+    assert side["r=4", 3584] == ("right", -4)  # first set: left of its points
+    assert side["r=1", 4096] == ("left", 4)  # second set: right of its points
+    fig.canvas.draw()
+    boxes = {k: t.get_window_extent() for k, t in
+             zip([(t.get_text(), t.xy[0]) for t in ax.texts], ax.texts, strict=True)}
+    assert not boxes["r=4", 3584].overlaps(boxes["r=1", 4096])
 
 
 def test_rank_sweep_error_bars_and_bad_spread():
@@ -320,7 +459,7 @@ def test_human_bytes_uses_decimal_units(n, text):
     assert plots.human_bytes(n) == text
 
 
-def test_comm_bytes_draws_one_log_panel_per_model_in_method_colours():
+def test_comm_bytes_draws_dots_on_log_panels_with_ratios_in_method_colours():
     panels = {"tiny, measured": {"full fine-tuning": 1_313_280, "LoRA": 14_336,
                                  "QLoRA": 14_336},
               "7B, counted": {"full fine-tuning": 13.5e9, "LoRA r=16": 8.4e6}}
@@ -328,10 +467,14 @@ def test_comm_bytes_draws_one_log_panel_per_model_in_method_colours():
     assert [ax.get_title() for ax in fig.axes] == list(panels)
     for ax, rows in zip(fig.axes, panels.values(), strict=True):
         assert ax.get_xscale() == "log"
-        assert [p.get_width() for p in ax.patches] == list(rows.values())
-        assert [t.get_text() for t in ax.texts] == [plots.human_bytes(v) for v in rows.values()]
+        assert not ax.patches  # dots, not bars: a bar's length on a log axis means nothing
+        dots = [tuple(c.get_offsets()[0]) for c in ax.collections]
+        assert dots == [(v, i) for i, v in enumerate(rows.values())]
         assert [t.get_text() for t in ax.get_yticklabels()] == list(rows)
-    colors = [matplotlib.colors.to_hex(p.get_facecolor()) for p in fig.axes[0].patches]
+    texts = [[t.get_text() for t in ax.texts] for ax in fig.axes]
+    assert texts == [["1.3 MB", "14.3 kB, 92x less", "14.3 kB, 92x less"],
+                     ["13.5 GB", "8.4 MB, 1,607x less"]]
+    colors = [matplotlib.colors.to_hex(c.get_facecolor()[0]) for c in fig.axes[0].collections]
     assert colors == [plots.COLORS["full"].lower(), plots.COLORS["lora"].lower(),
                       plots.COLORS["qlora"].lower()]
     with pytest.raises(ValueError, match="must be > 0.*'LoRA': 0"):

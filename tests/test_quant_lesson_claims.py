@@ -55,6 +55,41 @@ def test_error_order_nf4_int4_fp4_in_every_pretrained_layer(pretrained):
         assert err["nf4"] < err["int4"] < err["fp4"], (name, err)
 
 
+def _rel_error_with(x, code):
+    # blockwise absmax round trip (blocks of 64) with any codebook, as lesson 04 writes it
+    blocks = x.reshape(-1, 64)
+    absmax = blocks.abs().amax(dim=1, keepdim=True)
+    idx = (blocks[..., None] / absmax[..., None] - code).abs().argmin(dim=-1)
+    return ((code[idx] * absmax - blocks).norm() / blocks.norm()).item()
+
+
+def _e2m1():
+    # the standard 4-bit float (OCP E2M1): magnitudes 0, 0.5, 1, 1.5, 2, 3, 4, 6, over 6
+    mags = torch.tensor([0, 0.5, 1, 1.5, 2, 3, 4, 6]) / 6
+    return torch.cat([mags, -mags])
+
+
+def test_bnb_fp4_is_e2m1_except_its_smallest_level():
+    bnb = sorted(set(quant.fp4_codebook().abs().tolist()))
+    std = sorted(set(_e2m1().abs().tolist()))
+    assert bnb[0] == std[0] == 0.0 and bnb[2:] == std[2:]  # same top steps
+    assert bnb[1] == pytest.approx(1 / 192) and std[1] == pytest.approx(1 / 12)
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_e2m1_beats_int4_which_beats_bnb_fp4_on_normal_data(seed):
+    # Lesson 04: FP4 loses to Int4 because of its 1/192 level, not its top steps.
+    x = torch.randn(256, 256, generator=torch.Generator().manual_seed(seed))
+    fp4 = _rel_error_with(x, quant.fp4_codebook())
+    assert fp4 == pytest.approx(rel_error(x, "fp4"), rel=1e-4)  # the hand round trip is labkit's
+    assert _rel_error_with(x, _e2m1()) < rel_error(x, "int4") < fp4
+
+
+def test_e2m1_beats_int4_on_the_pretrained_weights(pretrained):
+    flat = torch.cat([w.reshape(-1) for w in block_linears(pretrained).values()])
+    assert _rel_error_with(flat, _e2m1()) < rel_error(flat, "int4") < rel_error(flat, "fp4")
+
+
 def test_double_quant_barely_moves_the_weight_error(pretrained):
     flat = torch.cat([w.reshape(-1) for w in block_linears(pretrained).values()])
     plain, dq = rel_error(flat, "nf4"), rel_error(flat, "nf4", double_quant=True)

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import html
 import io
 import json
 import os
+import re
 import subprocess
 import sys
 import textwrap
@@ -362,21 +364,85 @@ def test_study_mode_sessions_hold_the_right_items(tmp_path):
     assert {(v.item.kind, v.item.difficulty) for v in hard.views} == {("choice", "hard")}
 
 
-def test_lesson_quiz_and_show_are_seeded():
+def test_lesson_quizzes_ask_what_their_lesson_taught_and_never_repeat():
     a, b = quiz.lesson_quiz("01"), quiz.lesson_quiz(1)
-    assert [v.item.id for v in a.views] == [v.item.id for v in b.views]
-    assert {v.item.topic for v in a.views} <= {"lora-basics", "lora-params"}
-    assert a.text() == b.text() and len(a.views) == 3
-    assert [v.item.difficulty for v in a.views] == ["easy", "medium", "hard"]
-    assert len(quiz.lesson_quiz("04", n=50).views) == len(BANK.select(topic="quantization"))
-    for lesson, topics in (("06", {"memory", "qlora"}), ("09", {"scaling", "benefits"})):
-        views = quiz.lesson_quiz(lesson, n=50).views
-        assert {v.item.id for v in views} == {it.id for it in BANK.select(topic=tuple(topics))}
+    assert [v.item.id for v in a.views] == list(quiz.LESSON_ITEMS["01"])
+    assert a.text() == b.text() and a.text().endswith("python -m labkit.quiz lesson 01)")
+    seen: dict[str, str] = {}
+    order = {d: i for i, d in enumerate(quiz.DIFFICULTIES)}
+    for lesson, ids in quiz.LESSON_ITEMS.items():
+        items = [BANK.by_id[i] for i in ids]
+        assert len(items) == 3 and {it.topic for it in items} <= set(quiz.LESSON_TOPICS[lesson])
+        ranks = [order[it.difficulty] for it in items]
+        assert ranks == sorted(ranks) and len(set(ranks)) >= 2, (lesson, ranks)  # easy first
+        for i in ids:
+            assert i not in seen, f"{i} closes lessons {seen[i]} and {lesson}"
+            seen[i] = lesson
+    # every lesson topic is some lesson's quiz topic; the lesson topics hold the bank's extras
+    assert set(BANK.titles) == {t for ts in quiz.LESSON_TOPICS.values() for t in ts}
+
+
+def test_a_longer_lesson_quiz_adds_its_topics_items_that_no_other_lesson_uses():
+    views = quiz.lesson_quiz("04", n=50).views
+    ids = [v.item.id for v in views]
+    assert ids[:3] == list(quiz.LESSON_ITEMS["04"])
+    others = {i for k, v in quiz.LESSON_ITEMS.items() if k != "04" for i in v}
+    expected = {it.id for it in BANK.select(topic="quantization")} - others
+    assert set(ids) == expected and len(ids) == len(expected)
+    assert [v.item.id for v in quiz.lesson_quiz("04", n=2).views] == ids[:2]
+
+
+def test_already_asked_collects_earlier_quizzes_and_worked_items_and_the_test_avoids_them():
+    asked = quiz.already_asked("08")
+    assert set(asked) == (
+        {i for k in ("00", "01", "02", "03", "04", "05", "06", "07", "08")
+         for i in quiz.LESSON_ITEMS[k]}
+        | set(quiz.LESSON_SHOWN["07"]) | set(quiz.LESSON_SHOWN["08"])
+    )
+    assert set(quiz.already_asked("00")) == set(quiz.LESSON_ITEMS["00"])
+    for seed in range(5):
+        test = quiz.take_test(seed=seed, exclude=asked)
+        assert not {v.item.id for v in test.views} & set(asked)
+        assert [v.item.difficulty for v in test.views] == list(quiz.TEST_PLAN)
+    with pytest.raises(quiz.QuizError, match=r"exclude names no item: nope \(check the ids\)"):
+        quiz.take_test(exclude=["nope"])
+    everything = [it.id for it in BANK.items if it.difficulty == "easy"]
+    with pytest.raises(quiz.QuizError, match=r"too few easy scored items .* once \d+ excluded"):
+        quiz.take_test(exclude=everything)
+    with pytest.raises(quiz.QuizError, match=r"no lesson '42'; lessons: 00, 01"):
+        quiz.already_asked(42)
+
+
+def test_lesson_shown_lists_every_item_a_lesson_shows_outside_its_quiz():
+    for nb in sorted((quiz.BANK_DIR.parent / "lessons").glob("*.ipynb")):
+        lesson = nb.name[:2]
+        code = "\n".join("".join(c["source"]) for c in json.loads(nb.read_text())["cells"]
+                         if c["cell_type"] == "code")
+        shown = set(re.findall(r"""(?:ids=\[|by_id\[|worked\()((?:"[\w-]+",?\s*)+)""", code))
+        ids = {i for group in shown for i in re.findall(r'"([\w-]+)"', group)}
+        assert ids <= set(quiz.LESSON_SHOWN.get(lesson, ())), (nb.name, ids)
+
+
+def test_lesson_quiz_in_the_terminal(tmp_path):
+    out = io.StringIO()
+    code = quiz.main(["lesson", "2", "--progress", str(tmp_path / "p.json")],
+                     stdin=io.StringIO(""), stdout=out)
+    assert code == 0 and out.getvalue().startswith("Lesson 02 quiz: 3 items.")
+    assert BANK.by_id["ll-b-zero"].prompt in out.getvalue()
+    err = io.StringIO()
+    with contextlib.redirect_stderr(err):
+        assert quiz.main(["lesson", "--progress", str(tmp_path / "p.json")]) == 2
+        assert quiz.main(["test", "07", "--progress", str(tmp_path / "p.json")]) == 2
+    assert "which lesson? e.g. python -m labkit.quiz lesson 07" in err.getvalue()
+    assert "unexpected argument '07': only 'lesson' takes a number" in err.getvalue()
+
+
+def test_show_is_seeded_and_names_bad_input():
     mixed = quiz.show(topic="lora-params", n=2, generated=2, seed=5)
     assert [v.item.id for v in mixed.views][2:] == ["gen-lora-count-5", "gen-model-bytes-6"]
     with pytest.raises(quiz.QuizError, match=r"no quiz for lesson '42'; lessons: 00, 01"):
         quiz.lesson_quiz("42")
-    with pytest.raises(quiz.QuizError, match=r"no topic 'lora'; topics: benefits, lora-basics"):
+    with pytest.raises(quiz.QuizError, match=r"no topic 'lora'; topics: benefits, finetuning, "):
         quiz.show(topic="lora")
     with pytest.raises(quiz.QuizError, match=r"no item with id 'nope'"):
         quiz.show(ids=["nope"])
@@ -656,9 +722,9 @@ def test_terminal_flashcards_explain_and_progress(tmp_path):
 
 def test_terminal_unknown_mode_is_an_error(tmp_path, capsys):
     assert quiz.main(["lora", "--progress", str(tmp_path / "p.json")]) == 2
-    assert (
-        "error: unknown mode 'lora'; use a topic (benefits, lora-basics" in capsys.readouterr().err
-    )
+    err = capsys.readouterr().err
+    assert "error: unknown mode 'lora'; use a topic (benefits, finetuning, lora-basics" in err
+    assert "or lesson NN, practice, test" in err
 
 
 def test_terminal_hint_in_a_practice_item(tmp_path):

@@ -190,6 +190,9 @@ def test_report_lists_versions_and_a_working_4bit_path():
     assert rows["torch"].detail == torch.__version__
     assert rows["bitsandbytes"].detail == md.version("bitsandbytes")
     assert rows["bitsandbytes 4-bit"].status == "OK", rows["bitsandbytes 4-bit"].detail
+    # the error is reported with the size of the values it is an error of
+    m = re.search(r"max err ([\d.]+) on values up to ([\d.]+)", rows["bitsandbytes 4-bit"].detail)
+    assert m and 0 < float(m[1]) < 0.5 * float(m[2]), rows["bitsandbytes 4-bit"].detail
     assert all(r.status in ("OK", "MISSING", "n/a") for r in rows.values())
 
 

@@ -53,7 +53,9 @@ def test_memory_numbers_match_the_estimator():
                           gradient_checkpointing=True, **widgets.CALC_METHODS["QLoRA"])
     assert n["total"] == pytest.approx(est.total / 1e9)
     assert sum(n["parts"].values()) == pytest.approx(n["total"])
-    assert n["fits"] and n["spare"] == pytest.approx(16 - n["total"])
+    t4 = 15 * 2**30 / 1e9  # nvidia-smi shows a T4 (ECC on) as 15360 MiB
+    assert n["device_gib"] == 15 and n["device_gb"] == pytest.approx(t4)
+    assert n["fits"] and n["spare"] == pytest.approx(t4 - n["total"])
     assert n["dominant"] == "weights"
     full = widgets.memory_numbers("llama-2-7b", "full", device="80 GB")
     assert full["dominant"] == "optimizer"  # 8 of the 12 bytes per parameter
@@ -84,4 +86,6 @@ def test_memory_calculator_bundle_and_controls():
     ex.model.value = "llama-1-65b"
     ex.method.value = "QLoRA"
     ex.device.value = "48 GB"
-    assert "fits the 48 GB" in ex.text()
+    assert "fits the 48 GB (48 GiB = 51.5 GB)" in ex.text()  # 48 * 2^30 / 10^9 = 51.54
+    spare = 48 * 2**30 / 1e9 - ex._numbers()["total"]
+    assert f"{spare:.1f} GB to spare (before the CUDA context)" in ex.text()
