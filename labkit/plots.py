@@ -685,12 +685,7 @@ def rank_sweep(
         if full is not None:
             ax.plot([full[0]], [full[1]], marker="s", ms=7, ls="none", color=COLORS["full"],
                     label="full fine-tuning")
-        ax.set_xscale("log")
-        ax.set_xlabel("trainable parameters (log scale)")
-        ax.set_ylabel(ylabel)
-        ax.set_ylim(-5, 110)
-        ax.set_title(title)
-        ax.legend(loc="lower right")
+        _accuracy_frame(ax, "trainable parameters", ylabel, title, legend="lower right")
         return _finish(fig)
 
 
@@ -723,16 +718,22 @@ def lr_sweep(
             ax.plot(lrs, ys, color=color, marker="o", ms=5, label=label)
             best = max(lrs, key=lambda lr: by_lr[lr])  # ties: the smallest such lr
             ax.plot([best], [by_lr[best]], marker="*", ms=14, ls="none", color=color)
-        ax.set_xscale("log")
+        _accuracy_frame(ax, "learning rate", ylabel, title, legend="best")
+        # after the log scale is set (setting a scale resets the tick locators)
         ticks = sorted({lr for by_lr in results.values() for lr in by_lr})
         ax.set_xticks(ticks, [f"{lr:g}" for lr in ticks])
         ax.minorticks_off()
-        ax.set_xlabel("learning rate (log scale)")
-        ax.set_ylabel(ylabel)
-        ax.set_ylim(-5, 110)
-        ax.set_title(title)
-        ax.legend(loc="best")
         return _finish(fig)
+
+
+def _accuracy_frame(ax, xname: str, ylabel: str, title: str, legend: str) -> None:
+    """Common frame of the lesson 03 sweeps: log x, a percentage y with room for labels."""
+    ax.set_xscale("log")
+    ax.set_xlabel(f"{xname} (log scale)")
+    ax.set_ylabel(ylabel)
+    ax.set_ylim(-5, 110)  # 0 % and 100 % points stay clear of the frame
+    ax.set_title(title)
+    ax.legend(loc=legend)
 
 
 # --- lesson 06: memory ------------------------------------------------------------------
