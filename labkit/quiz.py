@@ -51,8 +51,9 @@ SCORED_KINDS = ("choice", "scenario", "code_output", "find_bug")
 #: The six course topics of DESIGN.md; lesson files may add more topics to the bank.
 CORE_TOPICS = ("lora-basics", "lora-params", "qlora", "quantization", "benefits", "lora-is-not")
 #: What the review modes (flashcards, explain, the 10-question test) draw on when no topic is
-#: given: the core topics. Lesson topics (``memory``, ``scaling``) are asked by name, so the
-#: review of lesson 08 stays on the cheat sheet. A bank with none of these uses all its topics.
+#: given: the core topics. Lesson topics (``lora-layers``, ``finetuning``, ``memory``,
+#: ``scaling``) are asked by name, so the review of lesson 08 stays on the cheat sheet. A
+#: bank with none of these uses all its topics.
 REVIEW_TOPICS = CORE_TOPICS
 #: The topics each lesson teaches; a closing quiz longer than its curated items
 #: (``lesson_quiz("01", n=6)``) draws the rest from them.
@@ -683,7 +684,8 @@ def pick_test(bank: Bank, seed: int = 0, n: int = 10, topics=None, exclude=()) -
     if n != len(TEST_PLAN):
         raise ValueError(f"a test has {len(TEST_PLAN)} items, got n={n}")
     topics = review_topics(bank) if topics is None else _known_topics(bank, topics)
-    unknown = sorted(set(exclude) - set(bank.by_id))
+    exclude = set(exclude)
+    unknown = sorted(exclude - set(bank.by_id))
     if unknown:
         raise QuizError(f"exclude names no item: {', '.join(unknown)} (check the ids)")
     rng = random.Random(seed)
@@ -699,7 +701,7 @@ def pick_test(bank: Bank, seed: int = 0, n: int = 10, topics=None, exclude=()) -
             raise QuizError(
                 f"the bank has too few {difficulty} scored items for a test on "
                 f"{', '.join(topics)}"
-                + (f" once {len(set(exclude))} excluded items are left out" if exclude else "")
+                + (f" once {len(exclude)} excluded items are left out" if exclude else "")
             )
         least = min(used.get(it.topic, 0) for it in pool)
         choice = rng.choice([it for it in pool if used.get(it.topic, 0) == least])
