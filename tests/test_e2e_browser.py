@@ -332,12 +332,24 @@ def output_problems(p: Page) -> list[str]:
     return problems
 
 
-def console_problems(p: Page) -> list[str]:
-    """Console errors and uncaught exceptions on the page, minus ``ALLOWED_CONSOLE``."""
+def only_kernel_list_race(server_log: str) -> bool:
+    """Whether every HTTP 500 in a Jupyter server log is jupyter_server's known race: a
+    ``GET /api/kernels`` while a kernel is still starting fails on its unset
+    ``last_activity`` trait, and the page's next poll succeeds (seen in CI on 2026-11-28)."""
+    failed = re.findall(r"\] 500 (\w+ \S+)", server_log)
+    return (bool(failed) and all(f.startswith("GET /api/kernels") for f in failed)
+            and "'last_activity' trait" in server_log)
+
+
+def console_problems(p: Page, server_log: str | None = None) -> list[str]:
+    """Console errors and uncaught exceptions on the page, minus ``ALLOWED_CONSOLE``; with
+    ``server_log``, minus failed loads whose 500s are all :func:`only_kernel_list_race`."""
+    race = server_log is not None and only_kernel_list_race(server_log)
     return [
         f"{p.notebook}: console error: {msg[:300]}"
         for msg in p.console
         if not any(re.search(pattern, msg) for pattern, _why in ALLOWED_CONSOLE)
+        and not (race and "status of 500 (Internal Server Error)" in msg)
     ]
 
 
@@ -499,8 +511,22 @@ def test_lesson_runs_in_the_browser(lesson, lab, pages):
     target.evaluate("e => e.scrollIntoView({block: 'center'})")
     screenshot(p, f"lesson_{lesson}.png")
     problems += quiz_problems(p, lab.progress, shot=SHOTS / f"lesson_{lesson}_quiz.png")
-    problems += console_problems(p)
+    problems += console_problems(p, server_log=lab.log.read_text(errors="replace"))
     assert problems == []
+
+
+RACE_LOG = """[E 21:00:30.648 ServerApp] Uncaught exception GET /api/kernels?17958 (127.0.0.1)
+    traitlets.traitlets.TraitError: The 'last_activity' trait of a ServerKernelManager instance
+[E 21:00:30.650 ServerApp] 500 GET /api/kernels?17958 (abc@127.0.0.1) 15.59ms referer=x
+"""
+
+
+def test_only_the_known_kernel_list_race_is_excused():
+    assert only_kernel_list_race(RACE_LOG)
+    other = RACE_LOG + "[E 21:00:31.000 ServerApp] 500 PUT /api/contents/08_review.ipynb (a) 3ms\n"
+    assert not only_kernel_list_race(other)
+    assert not only_kernel_list_race(RACE_LOG.replace("'last_activity' trait", "other trait"))
+    assert not only_kernel_list_race("[I 21:00:30 ServerApp] 200 GET /api/kernels")
 
 
 def test_plot_widget_and_quiz_fixture(lab, pages):
