@@ -6,7 +6,9 @@ linear targets to NF4 with double quantization, adds rank-8 adapters starting fr
 values, and trains the same batches with paged AdamW in bf16 compute. Printed per model:
 
 * step time, labkit over PEFT (wall clock, CUDA-synchronised);
-* peak ``torch.cuda.max_memory_allocated`` during training, beside labkit's estimate of the
+* peak ``torch.cuda.max_memory_allocated`` during training, less what was allocated before
+  the contender's model was built (the unquantized base it is copied from stays on the GPU
+  throughout), beside labkit's estimate of the
   same step, ``labkit.memory.estimate`` (4-bit base with its quantization state, float
   layers in the compute dtype, fp32 adapters, their gradients, paged AdamW's moments and
   the activations autograd saves). CUDA context, kernel workspaces and allocator caching
@@ -14,6 +16,13 @@ values, and trains the same batches with paged AdamW in bf16 compute. Printed pe
 * correctness: the two contenders' losses step by step (they run the same maths in bf16,
   so they agree to bf16 rounding), and no NaN. For the small model labkit's reference
   4-bit back end (pure PyTorch, on the GPU too) runs as a third contender.
+
+First, labkit's 4-bit quantizer against bitsandbytes' on the same device (on a GPU that is
+bitsandbytes' CUDA kernels, which the test suite never runs; it checks labkit's CUDA rules
+against a recording, ``scripts/record_bnb_cuda.py``): NF4 and FP4, three dtypes, with and
+without double quantization, several block sizes. Printed: how many 4-bit codes differ and
+whether a reciprocal one ulp off explains each difference (the kernel's reciprocal is
+approximate), whether the scales and the dequantized values are identical.
 
 Then the scaling-out path of lesson 09 on the GPUs: ``scripts/ddp_train.py --qlora`` under
 ``torchrun``, one process per GPU (at most 2) with ``nccl``. Checked: it runs, the bytes
@@ -126,7 +135,8 @@ def estimate_bytes(model: torch.nn.Module, batch_shape: tuple[int, int], dtype: 
     return est.total
 
 
-def run(model, batches, device, dtype, checkpointing=False) -> dict:
+def run(model, batches, device, dtype, checkpointing=False, before: int = 0) -> dict:
+    """Train ``model`` on ``batches``; ``before``: bytes allocated before it was built."""
     opt = train.make_optimizer(model, "paged_adamw", lr=1e-3)
     model.train()
     losses, times = [], []
@@ -146,9 +156,68 @@ def run(model, batches, device, dtype, checkpointing=False) -> dict:
             torch.cuda.synchronize()
         times.append(time.perf_counter() - t0)
         losses.append(loss.item())
-    peak = torch.cuda.max_memory_allocated() if cuda else None
+    peak = torch.cuda.max_memory_allocated() - before if cuda else None
     est = estimate_bytes(model, tuple(batches[0][0].shape), dtype, checkpointing)
     return {"losses": losses, "times": times, "peak": peak, "estimate": est}
+
+
+def quant_agreement(device: torch.device, dry: bool) -> bool:
+    """labkit.quant vs bitsandbytes.functional on ``device``, code for code; prints one line
+    per (format, dtype, double quant) and returns whether they agree.
+
+    labkit follows the rules of the kernel bitsandbytes runs on ``device``. On a GPU that
+    kernel uses an approximate reciprocal, so a code may differ where a reciprocal one ulp
+    away explains it (``labkit.quant._cuda_codes_within_one_ulp``); that is counted apart.
+    """
+    from labkit import quant as Q
+
+    F = _deps.import_bnb().functional
+    import torch._dynamo
+
+    # bnb's CPU fallback is torch.compile'd: compiling per shape takes seconds; eager is the
+    # same arithmetic (see tests/test_quant.py). The CUDA path has its own kernels.
+    torch._dynamo.config.disable = device.type == "cpu"
+    shapes = [(33, 70)] if dry else [(4096, 1024), (1000, 333), (7,)]
+    blocksizes = (64,) if dry else (64, 128, 256, 1024, 4096)
+    g = torch.Generator().manual_seed(0)
+    agree = True
+    for quant_type in ("nf4", "fp4"):
+        for dtype in (torch.float32, torch.bfloat16, torch.float16):
+            for dq in (False, True):
+                n_codes = n_diff = n_unexplained = 0
+                scales_same = deq_same = True
+                for shape in shapes:
+                    for bs in blocksizes:
+                        x = (torch.randn(shape, generator=g) * 0.02).to(device, dtype)
+                        pb, sb = F.quantize_4bit(x, blocksize=bs, quant_type=quant_type,
+                                                 compress_statistics=dq)
+                        pl, sl = Q.quantize_4bit(x, bs, quant_type, dq)
+                        n = x.numel()
+                        cb = Q.unpack_nibbles(pb.reshape(-1), n)
+                        same = cb == Q.unpack_nibbles(pl.reshape(-1), n)
+                        n_codes += n
+                        n_diff += int((~same).sum())
+                        if device.type == "cuda" and not same.all():
+                            ok_blocks = Q._cuda_codes_within_one_ulp(x, bs, quant_type, cb)
+                            n_unexplained += int((~ok_blocks).sum())
+                        elif not same.all():
+                            n_unexplained += 1
+                        scales_same &= torch.equal(sb.absmax, sl.absmax)
+                        if dq:
+                            scales_same &= torch.equal(sb.state2.absmax, sl.nested_absmax)
+                            scales_same &= torch.equal(sb.offset, sl.offset)
+                        db = F.dequantize_4bit(pb, sb).reshape(-1)
+                        dl = Q.dequantize_4bit(pl, sl).reshape(-1)
+                        deq_same &= torch.equal(db[same[:n]], dl[same[:n]])
+                good = n_unexplained == 0 and scales_same and deq_same
+                agree &= good
+                print(f"quantize_4bit on {device.type}, {quant_type} {str(dtype)[6:]:<8} "
+                      f"{'dq   ' if dq else 'plain'}: {n_diff:,} of {n_codes:,} codes differ "
+                      f"({n_unexplained} blocks not explained by a one-ulp reciprocal); scales "
+                      f"identical: {scales_same}; dequantized identical where codes are: "
+                      f"{deq_same}")
+    torch._dynamo.config.disable = False
+    return agree
 
 
 def ddp_check(dry: bool) -> bool:
@@ -183,6 +252,8 @@ def main(argv=None) -> int:
     ap.add_argument("--steps", type=int, default=None, help="timed steps per contender")
     ap.add_argument("--batch", type=int, default=None)
     ap.add_argument("--checkpointing", action="store_true", help="gradient checkpointing")
+    ap.add_argument("--quant-only", action="store_true",
+                    help="only compare labkit's quantizer with bitsandbytes'")
     args = ap.parse_args(argv)
 
     device = torch.device("cpu") if args.dry_run else pick_device()
@@ -201,12 +272,15 @@ def main(argv=None) -> int:
               f"compute {compute_dtype}")
     else:
         print(f"device: {device} (dry run), compute {compute_dtype}")
+    ok = quant_agreement(device, args.dry_run)
+    if args.quant_only:
+        print("quantizers agree" if ok else "QUANTIZERS DISAGREE")
+        return 0 if ok else 1
     task = get_task("shift")
     stream = random.Random(0)
     data = [tuple(t.to(device) for t in task.batch(batch, rng=stream))
             for _ in range(max(warm, steps))]
 
-    ok = True
     rows = []
     for model_name in ("pretrained", "big"):
         base = make_base(model_name, device, args.dry_run)
@@ -218,8 +292,10 @@ def main(argv=None) -> int:
             if warm:  # warm-up (kernels, allocator, paging) on a throwaway copy
                 run(build(c, base, init, compute_dtype, args.checkpointing), data[:warm],
                     device, dtype)
+                gc.collect()  # the throwaway copy must be gone before the baseline is read
+            before = torch.cuda.memory_allocated() if device.type == "cuda" else 0
             m = build(c, base, init, compute_dtype, args.checkpointing)
-            res[c] = run(m, data[:steps], device, dtype, args.checkpointing)
+            res[c] = run(m, data[:steps], device, dtype, args.checkpointing, before)
             del m
             gc.collect()
             if device.type == "cuda":

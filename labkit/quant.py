@@ -23,6 +23,15 @@ rounding rules; each is reproduced on purpose and marked ``bnb detail`` in a com
 tests in ``tests/test_quant.py`` compare against bitsandbytes on many tensors. This module
 never imports bitsandbytes.
 
+bitsandbytes' CUDA kernel picks codes by other rules than its CPU path (a decision tree with
+rounded thresholds, the sign of zero taken from the input, a binary search for 8 bits), so
+the two disagree on some codes (0.7 % of FP4 codes, measured on an H200). ``kernel="cuda"``
+(the default for CUDA tensors) follows the CUDA rules. One difference is left: that kernel
+is compiled with ``--use_fast_math``, so its 1 / absmax is the GPU's approximate reciprocal,
+up to one unit in the last place off; a value within that of a threshold can then land one
+level away (measured: 2 to 10 codes in 51,200 crafted near-threshold bf16 values, 0 of
+22.6 million random float32 ones; see ``benchmarks/gpu_check.py``).
+
 Example:
     >>> w = torch.randn(256, 128)
     >>> packed, state = quantize_4bit(w, blocksize=64, quant_type="nf4", double_quant=True)
@@ -37,7 +46,8 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from functools import cache
+from fractions import Fraction
+from functools import cache, partial
 
 from labkit._deps import torch  # one clear line when torch is missing
 
@@ -207,6 +217,49 @@ CODEBOOKS: dict[str, torch.Tensor] = {
     "int4": int4_codebook(),
 }
 
+#: Whose rounding rules to follow: bitsandbytes' CPU path, its CUDA kernel, or the one that
+#: bitsandbytes itself would run for the tensor's device ("auto").
+KERNELS = ("auto", "cpu", "cuda")
+
+
+
+def _c_float_literal(text: str) -> float:
+    """The float32 a C compiler makes of the literal ``text`` with an ``f`` suffix.
+
+    The decimal is rounded once, to the nearest float32 (ties to even). Going through a
+    Python float rounds twice (decimal to float64, then to float32), and where the float64
+    lands exactly halfway between two float32s the second rounding can go the other way:
+    4 of the 15 NF4 thresholds below come out one ulp off that way.
+    """
+    exact = Fraction(text)
+    near = torch.tensor(float(exact), dtype=torch.float32)
+    candidates = [torch.nextafter(near, torch.tensor(-2.0)), near,
+                  torch.nextafter(near, torch.tensor(2.0))]
+    best = min(candidates, key=lambda c: (abs(Fraction(c.item()) - exact),
+                                          int(c.view(torch.int32)) & 1))
+    return best.item()
+
+
+# bnb detail: bitsandbytes' CUDA kernel walks a decision tree with these float literals as
+# thresholds (a value above a threshold goes up). For NF4, 11 of them are the float32
+# midpoints of the codebook that labkit's own search uses and 4 are one ulp away, so exactly
+# 4 float32 values (one beside each) get different NF4 codes on the CPU and on CUDA. FP4's
+# are rounded decimals of the midpoints (0.583333 for 7/12, say) and, as magnitudes, ignore
+# the sign (see ``_cuda_code_index``).
+_CUDA_NF4_THRESHOLDS = tuple(map(_c_float_literal, (
+    "-0.8480964004993439", "-0.6106329262256622", "-0.4599952697753906",
+    "-0.33967943489551544", "-0.23460740596055984", "-0.13791173323988914",
+    "-0.045525018125772476", "0.03979014977812767", "0.1202552504837513",
+    "0.2035212516784668", "0.2920137718319893", "0.3893125355243683", "0.5016634166240692",
+    "0.6427869200706482", "0.8614784181118011",
+)))
+_CUDA_FP4_THRESHOLDS = tuple(map(_c_float_literal, (
+    "0.00260417", "0.0859375", "0.20833333", "0.29166667", "0.4166667", "0.583333",
+    "0.8333333",
+)))
+#: FP4 bit patterns of the magnitudes 0, 1/192, 1/6, 1/4, 1/3, 1/2, 2/3, 1 (ascending).
+_FP4_BY_MAGNITUDE = (0b000, 0b001, 0b110, 0b111, 0b100, 0b101, 0b010, 0b011)
+
 
 def codebook(name: str) -> torch.Tensor:
     """A copy of the 4-bit codebook called ``name`` ("nf4", "fp4" or "int4"), shape (16,)."""
@@ -244,7 +297,7 @@ def nearest_code_index(scaled: torch.Tensor, code: torch.Tensor) -> torch.Tensor
     tiny positive values code 8 (the "negative zero" pattern; both decode to 0.0).
 
     ``quantize_4bit`` uses a faster look-up that gives the same answer (see
-    ``_NearestLookup``); a test compares the two.
+    ``_CodeLookup``); a test compares the two.
 
     Args:
         scaled: float32 values, normally in [-1, 1], any shape.
@@ -259,30 +312,48 @@ def nearest_code_index(scaled: torch.Tensor, code: torch.Tensor) -> torch.Tensor
     return index.to(torch.uint8) if code.numel() <= 256 else index
 
 
-class _NearestLookup:
-    """Nearest-code search with a 65536-entry table instead of a binary search per value.
+def _cuda_code_index(scaled: torch.Tensor, quant_type: str) -> torch.Tensor:
+    """bitsandbytes' CUDA rule for the 4-bit code of each scaled value (nf4 or fp4).
+
+    NF4: the index is the number of thresholds below the value, i.e. the nearest level with
+    ties going down, as on the CPU. FP4: the sign bit is set when the value is negative (a
+    tiny positive value gets code 0, where the CPU path gives 8) and the magnitude goes
+    through ``_CUDA_FP4_THRESHOLDS``. A NaN (0 * inf: an all-zero block, whose absmax the
+    kernel does not floor) compares false everywhere and gets code 0.
+    """
+    dev = scaled.device
+    if quant_type == "nf4":
+        index = torch.bucketize(scaled, torch.tensor(_CUDA_NF4_THRESHOLDS, device=dev))
+    else:
+        step = torch.bucketize(scaled.abs(), torch.tensor(_CUDA_FP4_THRESHOLDS, device=dev))
+        index = torch.tensor(_FP4_BY_MAGNITUDE, device=dev)[step] | (scaled < 0) * 0b1000
+    return index.masked_fill_(torch.isnan(scaled), 0).to(torch.uint8)
+
+
+class _CodeLookup:
+    """Code search with a 65536-entry table instead of a binary search per value.
 
     ``torch.bucketize`` does a branchy binary search for each of millions of values and is
-    the slowest step of quantization. Here is a shortcut that gives exactly the same index:
+    the slowest step of quantization. Here is a shortcut that gives exactly the same index
+    as the exact rule ``exact`` (``nearest_code_index`` or ``_cuda_code_index``):
 
     A float32's top 16 bits (sign, exponent, 7 mantissa bits, i.e. its bfloat16 truncation)
-    name an interval of floats. Most such intervals contain no midpoint between levels, so
-    every value in them has the same nearest level: store it in ``table[top16]``. The few
-    intervals that do contain a midpoint (15 of the 65536 for NF4; the NaN/inf patterns are
-    also marked) are marked ``AMBIGUOUS``, and the values that fall in them (about 1 % of
-    normally distributed weights) go through the exact ``nearest_code_index``.
+    name an interval of floats. Most such intervals contain no threshold between levels, so
+    every value in them gets the same code: store it in ``table[top16]``. The few intervals
+    that do contain one (15 of the 65536 for NF4; the NaN/inf patterns are also marked) are
+    marked ``AMBIGUOUS``, and the values that fall in them (about 1 % of normally distributed
+    weights) go through ``exact``. (Both rules step only at thresholds, so an interval whose
+    two ends get the same code holds no other.)
     """
 
     AMBIGUOUS = 255
 
-    def __init__(self, code: torch.Tensor):
-        self.code = code
-        bounds, self.order = _sorted_bounds(code)
+    def __init__(self, exact):
+        self.exact = exact
         high = torch.arange(-(2**15), 2**15, dtype=torch.int32) << 16  # every top-16 pattern
         lowest = high.view(torch.float32)  # the interval's ends (swapped when negative)
         highest = (high | 0xFFFF).view(torch.float32)
-        at_low = self.order[torch.bucketize(lowest, bounds)]
-        at_high = self.order[torch.bucketize(highest, bounds)]
+        at_low, at_high = exact(lowest), exact(highest)
         same = (at_low == at_high) & torch.isfinite(lowest) & torch.isfinite(highest)
         entries = torch.where(same, at_low, torch.full_like(at_low, self.AMBIGUOUS))
         self.table = torch.empty(2**16, dtype=torch.uint8)
@@ -294,15 +365,22 @@ class _NearestLookup:
         top16 = flat.view(torch.int32).bitwise_right_shift(16).bitwise_and_(0xFFFF)
         index = self.table.index_select(0, top16)
         unsure = (index == self.AMBIGUOUS).nonzero().squeeze(1)
-        index[unsure] = nearest_code_index(flat[unsure], self.code)
+        index[unsure] = self.exact(flat[unsure])
         return index
 
 
+def _exact_rule(quant_type: str, kernel: str, device: torch.device):
+    """The exact per-value code rule for ``quant_type`` under ``kernel``'s rules."""
+    if kernel == "cuda" and quant_type != "int4":  # int4 is labkit's: one rule everywhere
+        return partial(_cuda_code_index, quant_type=quant_type)
+    return partial(nearest_code_index, code=CODEBOOKS[quant_type].to(device))
+
+
 @cache
-def _nearest_lookup(quant_type: str, device: torch.device) -> _NearestLookup:
-    lookup = _NearestLookup(CODEBOOKS[quant_type])
-    lookup.table = lookup.table.to(device)
-    lookup.code, lookup.order = lookup.code.to(device), lookup.order.to(device)
+def _code_lookup(quant_type: str, kernel: str, device: torch.device) -> _CodeLookup:
+    """The table look-up for ``quant_type`` under ``kernel``'s rules ("cpu" or "cuda")."""
+    lookup = _CodeLookup(_exact_rule(quant_type, kernel, torch.device("cpu")))
+    lookup.table, lookup.exact = lookup.table.to(device), _exact_rule(quant_type, kernel, device)
     return lookup
 
 
@@ -474,6 +552,52 @@ def _raise_not_finite(x: torch.Tensor, what: str) -> None:
 # --------------------------------------------------------------------------------------
 
 
+def _check_kernel(kernel: str, device: torch.device) -> str:
+    """Resolve "auto" to the kernel bitsandbytes runs for ``device``; reject other names."""
+    if kernel not in KERNELS:
+        raise ValueError(f"unknown kernel {kernel!r}; choose one of {', '.join(KERNELS)}")
+    if kernel == "auto":
+        return "cuda" if device.type == "cuda" else "cpu"
+    return kernel
+
+
+def _scale_blocks_cuda(
+    flat: torch.Tensor, blocksize: int, what: str
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Blockwise absmax and the scaled values, as bitsandbytes' CUDA kernel does it.
+
+    Every block, the last partial one too, is multiplied by the float32 reciprocal of its
+    absmax; the kernel loads zeros past the end, so an odd count is padded with a scaled 0.0.
+    No floor: an all-zero block keeps absmax 0 and scales to NaN (0 * inf). The kernel is
+    built with ``--use_fast_math``, which flushes subnormal floats (below 2^-126 in size) to
+    zero, keeping the sign, wherever they go in or come out of arithmetic.
+    """
+    n = flat.numel()
+    blocks, absmax = _cuda_blocks(flat, blocksize, what)
+    scaled = _flush_subnormals(blocks * _flush_subnormals(1.0 / absmax).unsqueeze(1))
+    return absmax, scaled.reshape(-1)[: n + n % 2]
+
+
+def _cuda_blocks(
+    flat: torch.Tensor, blocksize: int, what: str
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """float32 (n_blocks, blocksize) zero-padded blocks, subnormals flushed, and their absmax."""
+    n = flat.numel()
+    n_blocks = -(-n // blocksize)
+    blocks = torch.zeros(n_blocks * blocksize, dtype=torch.float32, device=flat.device)
+    blocks[:n] = _flush_subnormals(flat.float())
+    blocks = blocks.view(n_blocks, blocksize)
+    absmax = blocks.abs().amax(dim=1)
+    if not torch.isfinite(absmax).all():
+        _raise_not_finite(flat, what)
+    return blocks, absmax
+
+
+def _flush_subnormals(x: torch.Tensor) -> torch.Tensor:
+    """float32 ``x`` with subnormal values replaced by a zero of the same sign (CUDA's FTZ)."""
+    return torch.where(x.abs() < torch.finfo(torch.float32).tiny, x * 0.0, x)
+
+
 def _scale_blocks(
     flat: torch.Tensor, blocksize: int, what: str
 ) -> tuple[torch.Tensor, torch.Tensor]:
@@ -519,6 +643,7 @@ def quantize_4bit(
     blocksize: int = 64,
     quant_type: str = "nf4",
     double_quant: bool = False,
+    kernel: str = "auto",
 ) -> tuple[torch.Tensor, QuantState]:
     """Blockwise 4-bit quantization, bit for bit like ``bitsandbytes.functional.quantize_4bit``.
 
@@ -537,6 +662,9 @@ def quantize_4bit(
         blocksize: one of ``BLOCKSIZES``; the last block may be partial.
         quant_type: "nf4", "fp4" or "int4" ("int4" is labkit's, for comparison).
         double_quant: also quantize the absmax values (bitsandbytes' ``compress_statistics``).
+        kernel: whose rounding rules to follow (``KERNELS``): "cpu" for bitsandbytes' CPU
+            path, "cuda" for its CUDA kernel (up to its approximate reciprocal; see the
+            module docstring), "auto" for the one bitsandbytes runs on ``x.device``.
 
     Returns:
         packed: uint8 tensor of shape (ceil(numel / 2), 1), as bitsandbytes returns it.
@@ -544,14 +672,17 @@ def quantize_4bit(
 
     Raises:
         TypeError: ``x`` is not a float32/bfloat16/float16 tensor.
-        ValueError: empty ``x``, NaN or inf in ``x``, unsupported blocksize or quant_type.
+        ValueError: empty ``x``, NaN or inf in ``x``, unsupported blocksize, quant_type or
+            kernel.
     """
     _check_float_input(x, "quantize_4bit")
     _check_blocksize(blocksize)
     _check_quant_type(quant_type)
+    kernel = _check_kernel(kernel, x.device)
 
-    absmax, scaled = _scale_blocks(x.reshape(-1), blocksize, "quantize_4bit")
-    codes = _nearest_lookup(quant_type, x.device)(scaled)
+    scale_blocks = _scale_blocks_cuda if kernel == "cuda" else _scale_blocks
+    absmax, scaled = scale_blocks(x.reshape(-1), blocksize, "quantize_4bit")
+    codes = _code_lookup(quant_type, kernel, x.device)(scaled)
     packed = pack_nibbles(codes).unsqueeze(1)
 
     state = QuantState(
@@ -566,11 +697,35 @@ def quantize_4bit(
         # bnb detail: the offset is torch's float32 mean, the same reduction bnb calls.
         offset = absmax.mean()
         state.absmax, state.nested_absmax = quantize_blockwise_8bit(
-            absmax - offset, blocksize=DOUBLE_QUANT_BLOCKSIZE
+            absmax - offset, blocksize=DOUBLE_QUANT_BLOCKSIZE, kernel=kernel
         )
         state.offset = offset
         state.nested_code = _dynamic_code(x.device).clone()
     return packed, state
+
+
+def _cuda_codes_within_one_ulp(
+    x: torch.Tensor, blocksize: int, quant_type: str, codes: torch.Tensor
+) -> torch.Tensor:
+    """Which blocks' ``codes`` (from bitsandbytes' CUDA kernel) labkit's CUDA rule gives for
+    some reciprocal within one float32 ulp of 1 / absmax, the kernel's approximate one.
+
+    For checking what ``kernel="cuda"`` leaves to chance (``tests/test_quant.py``,
+    ``benchmarks/gpu_check.py``); ``codes``: uint8 (numel,) unpacked. Returns bool (n_blocks,).
+    """
+    blocks, absmax = _cuda_blocks(x.reshape(-1), blocksize, "_cuda_codes_within_one_ulp")
+    n = x.numel()
+    padding = torch.arange(blocks.numel(), device=x.device).view_as(blocks) >= n
+    want = torch.zeros_like(blocks, dtype=torch.uint8)
+    want.view(-1)[:n] = codes.to(x.device)
+    exact = 1.0 / absmax  # inf for an all-zero block: exact on the GPU too
+    below, above = (torch.where(exact.isinf(), exact, torch.nextafter(exact, exact * k))
+                    for k in (-1.0, 2.0))
+    explained = torch.zeros_like(absmax, dtype=torch.bool)
+    for reciprocal in (below, exact, above):
+        scaled = _flush_subnormals(blocks * _flush_subnormals(reciprocal).unsqueeze(1))
+        explained |= ((_cuda_code_index(scaled, quant_type) == want) | padding).all(dim=1)
+    return explained
 
 
 def _pair_table(code: torch.Tensor) -> torch.Tensor:
@@ -685,22 +840,27 @@ def _grid_table(code_key: tuple[float, ...], device: torch.device) -> torch.Tens
 
 @torch.no_grad()
 def quantize_blockwise_8bit(
-    x: torch.Tensor, code: torch.Tensor | None = None, blocksize: int = DOUBLE_QUANT_BLOCKSIZE
+    x: torch.Tensor,
+    code: torch.Tensor | None = None,
+    blocksize: int = DOUBLE_QUANT_BLOCKSIZE,
+    kernel: str = "auto",
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """8-bit blockwise quantization, bit for bit like bitsandbytes' CPU ``quantize_blockwise``.
+    """8-bit blockwise quantization, bit for bit like bitsandbytes' ``quantize_blockwise``.
 
-    Per block: ``absmax = max |x|``; each ``x / absmax`` is mapped to the nearest level of
-    ``code`` through bitsandbytes' 65536-point grid (see ``_grid_table``)::
+    Per block: ``absmax = max |x|``; each ``x / absmax`` is mapped to a level of ``code``.
+    bitsandbytes' CPU path does that through a 65536-point grid (see ``_grid_table``)::
 
         grid_index = trunc(((clamp(x * (1 / absmax), -1, 1) + 1) * 0.5) * 65535 + 0.5)
         index      = table[grid_index]
 
-    all in float32. Used by double quantization for the (mean-centred) absmax values.
+    all in float32; its CUDA kernel searches the code instead (see ``_cuda_8bit_search``).
+    Used by double quantization for the (mean-centred) absmax values.
 
     Args:
         x: float tensor, any shape (flattened; float32 arithmetic).
         code: sorted 256-level codebook in [-1, 1]; default ``dynamic_codebook()``.
         blocksize: values per block (256 for double quantization).
+        kernel: "cpu", "cuda" or "auto", as in ``quantize_4bit``.
 
     Returns:
         q: uint8 indices, same shape as ``x``.
@@ -709,6 +869,7 @@ def quantize_blockwise_8bit(
     _check_float_input(x, "quantize_blockwise_8bit")
     if not isinstance(blocksize, int) or blocksize <= 0:
         raise ValueError(f"blocksize must be a positive int, got {blocksize!r}")
+    kernel = _check_kernel(kernel, x.device)
     code = _dynamic_code(x.device) if code is None else code.to(x.device, torch.float32)
     if code.numel() != 256:
         raise ValueError(f"an 8-bit codebook has 256 levels, got {code.numel()}")
@@ -727,11 +888,49 @@ def quantize_blockwise_8bit(
     zero = absmax == 0
     reciprocal = torch.where(zero, torch.zeros_like(absmax), 1.0 / absmax)
     scaled = (blocks * reciprocal.unsqueeze(1)).clamp_(-1.0, 1.0)
-    grid_index = ((scaled + 1.0) * 0.5 * (_LUT_SIZE - 1) + 0.5).to(torch.int32)
-    table = _grid_table(tuple(code.tolist()), x.device)
-    q = table.index_select(0, grid_index.reshape(-1)).view(n_blocks, blocksize)
+    if kernel == "cuda":
+        q = _cuda_8bit_search(scaled, code)
+    else:
+        grid_index = ((scaled + 1.0) * 0.5 * (_LUT_SIZE - 1) + 0.5).to(torch.int32)
+        table = _grid_table(tuple(code.tolist()), x.device)
+        q = table.index_select(0, grid_index.reshape(-1)).view(n_blocks, blocksize)
     q.masked_fill_(zero.unsqueeze(1), 0)
     return q.reshape(-1)[:n].reshape(x.shape), absmax
+
+
+def _cuda_8bit_search(scaled: torch.Tensor, code: torch.Tensor) -> torch.Tensor:
+    """bnb detail: the 8-bit code index as bitsandbytes' CUDA kernel finds it.
+
+    A binary search over the sorted 256-level ``code``: seven halving steps from index 127
+    leave a final ``pivot`` between the last levels passed below (``lower``) and above
+    (``upper``); the value then goes to whichever of ``pivot`` and its neighbour on its side
+    is nearer, compared through their float32 midpoint. A value exactly on that midpoint
+    stays at ``pivot``, so ties go up or down depending on where the search ended.
+
+    Args:
+        scaled: float32 values in [-1, 1], any shape.
+        code: float32 (256,) sorted codebook.
+
+    Returns:
+        uint8 indices, shape of ``scaled``.
+    """
+    pivot = torch.full_like(scaled, 127, dtype=torch.long)
+    lower_i, upper_i = torch.zeros_like(pivot), torch.full_like(pivot, 255)
+    lower, upper = torch.full_like(scaled, -1.0), torch.full_like(scaled, 1.0)
+    for step in (64, 32, 16, 8, 4, 2, 1):
+        level = code[pivot]
+        above = scaled > level
+        lower_i, lower = torch.where(above, pivot, lower_i), torch.where(above, level, lower)
+        upper_i, upper = torch.where(above, upper_i, pivot), torch.where(above, upper, level)
+        pivot = torch.where(above, pivot + step, pivot - step)
+    level = code[pivot]
+    # the ends: an untouched bound starts as +-1.0, the kernel then reads the code's own end
+    upper = torch.where(upper_i == 255, code[255], upper)
+    lower = torch.where(lower_i == 0, code[0], lower)
+    above = scaled > level
+    up = torch.where(scaled > (upper + level) * 0.5, upper_i, pivot)
+    down = torch.where(scaled < (lower + level) * 0.5, lower_i, pivot)
+    return torch.where(above, up, down).to(torch.uint8)
 
 
 def dequantize_blockwise_8bit(

@@ -1,4 +1,5 @@
-"""labkit.quant against bitsandbytes' CPU path, bit for bit, plus independent checks.
+"""labkit.quant against bitsandbytes' CPU path, bit for bit, plus independent checks; and its
+``kernel="cuda"`` rules against a recording of bitsandbytes' CUDA kernel (no GPU needed).
 
 bitsandbytes 0.50 on the CPU quantizes 4-bit in pure PyTorch (its "default" backend) and
 dequantizes with a C kernel, falling back to PyTorch for odd last dimensions and block sizes
@@ -14,6 +15,8 @@ import math
 import statistics
 import subprocess
 import sys
+from fractions import Fraction
+from functools import partial
 from pathlib import Path
 
 from labkit._deps import import_bnb, torch
@@ -181,7 +184,7 @@ def test_fast_lookup_equals_bucketize_reference(quant_type):
                           torch.nextafter(near, torch.tensor(-2.0))])
     g = torch.Generator().manual_seed(0)
     v = torch.cat([ends, near, torch.randn(100_000, generator=g) / 2.5])
-    fast = Q._NearestLookup(code)(v)
+    fast = Q._CodeLookup(partial(Q.nearest_code_index, code=code))(v)
     assert torch.equal(fast, Q.nearest_code_index(v, code))
 
 
@@ -377,6 +380,145 @@ def test_bnb_avx512_kernel_indexes_absmax_per_row():
     codes = Q.unpack_nibbles(packed, x.numel()).long().reshape(8, 64)
     assert torch.equal(out_bnb, state.code[codes] * state.absmax[0])
     assert not torch.equal(out_bnb, Q.dequantize_4bit(*Q.quantize_4bit(x, 128, "nf4")))
+
+
+# ----------------------------------------------------------------------------- CUDA rules
+
+# Made on an H200 by scripts/record_bnb_cuda.py: inputs, and what bitsandbytes' CUDA kernels
+# returned for them.
+CUDA_RECORD = torch.load(REPO / "tests" / "fixtures" / "bnb_cuda_quant.pt")
+CUDA_4BIT = [k for k in CUDA_RECORD if k not in ("meta", "8bit")]
+
+
+def test_cuda_record_is_what_the_tests_expect():
+    assert CUDA_RECORD["meta"]["bitsandbytes"] == bnb.__version__  # re-record on an upgrade
+    assert sorted(CUDA_4BIT) == sorted(f"{q}-{d}" for q in ("nf4", "fp4")
+                                       for d in ("float32", "bfloat16", "float16"))
+
+
+def _codes(packed, n):
+    return Q.unpack_nibbles(packed.reshape(-1), n)
+
+
+@pytest.mark.parametrize("key", CUDA_4BIT)
+def test_cuda_rules_match_bitsandbytes_cuda_kernel_up_to_its_reciprocal(key):
+    r = CUDA_RECORD[key]
+    x, quant_type = r["x"], key.split("-")[0]
+    bnb_codes = _codes(r["packed"], x.numel())
+    packed, state = Q.quantize_4bit(x, 64, quant_type, kernel="cuda")
+    assert torch.equal(state.absmax, r["absmax"])  # incl. 0 for all-subnormal and zero blocks
+    # The kernel's 1 / absmax is approximate: each block's codes must be what the rules give
+    # for the exact reciprocal or one a float32 ulp away; most blocks need the exact one.
+    explained = Q._cuda_codes_within_one_ulp(x, 64, quant_type, bnb_codes)
+    assert explained.all(), f"blocks {(~explained).nonzero().flatten().tolist()}"
+    same_block = (_codes(packed, x.numel()) == bnb_codes)
+    same_block = torch.cat([same_block, same_block.new_ones(-x.numel() % 64)]).view(-1, 64)
+    assert same_block.all(dim=1).float().mean() > 0.5
+    # the CPU rules are not a match: the recording tells the two apart
+    cpu_codes = _codes(Q.quantize_4bit(x, 64, quant_type, kernel="cpu")[0], x.numel())
+    assert not Q._cuda_codes_within_one_ulp(x, 64, quant_type, cpu_codes).all()
+
+
+@pytest.mark.parametrize("key", CUDA_4BIT)
+def test_cuda_double_quant_state_and_dequantize_match_bitsandbytes_cuda(key):
+    r = CUDA_RECORD[key]
+    x, quant_type = r["x"], key.split("-")[0]
+    # The offset is a float32 mean, whose summation order differs between devices, so the
+    # 8-bit step is checked from the recorded one.
+    q, nested = Q.quantize_blockwise_8bit(r["absmax"] - r["dq_offset"], kernel="cuda")
+    assert torch.equal(q, r["dq_absmax"]) and torch.equal(nested, r["dq_nested_absmax"])
+    _, state = Q.quantize_4bit(x, 64, quant_type, double_quant=True, kernel="cuda")
+    assert abs(state.offset - r["dq_offset"]) <= 2 * torch.finfo(torch.float32).eps * r["dq_offset"]
+    # dequantizing bitsandbytes' own codes and state gives bitsandbytes' CUDA output exactly
+    plain = Q.QuantState(absmax=r["absmax"], shape=x.shape, dtype=x.dtype, blocksize=64,
+                         quant_type=quant_type, code=Q.codebook(quant_type))
+    assert torch.equal(Q.dequantize_4bit(r["packed"], plain), r["dequantized"])
+    dq = Q.QuantState(absmax=r["dq_absmax"], shape=x.shape, dtype=x.dtype, blocksize=64,
+                      quant_type=quant_type, code=Q.codebook(quant_type), offset=r["dq_offset"],
+                      nested_absmax=r["dq_nested_absmax"], nested_code=Q.dynamic_codebook())
+    assert torch.equal(Q.dequantize_4bit(r["packed"], dq), r["dq_dequantized"])
+
+
+def test_cuda_8bit_binary_search_matches_bitsandbytes_cuda_exactly():
+    r = CUDA_RECORD["8bit"]  # random values, then every midpoint of the code and its neighbours
+    q, absmax = Q.quantize_blockwise_8bit(r["x"], kernel="cuda")
+    assert torch.equal(q, r["q"]) and torch.equal(absmax, r["absmax"])
+    assert torch.equal(Q.dequantize_blockwise_8bit(q, absmax), r["dequantized"])
+    q_cpu, _ = Q.quantize_blockwise_8bit(r["x"], kernel="cpu")
+    assert (q_cpu != r["q"]).sum() > 100  # the CPU grid rounds near midpoints differently
+
+
+def test_c_float_literal_rounds_once_ties_to_even():
+    # 1 + 2^-24 lies exactly halfway between 1 and the next float32: ties go to the even one
+    assert Q._c_float_literal("1.000000059604644775390625") == 1.0
+    assert Q._c_float_literal("1.000000178813934326171875") == 1 + 2**-22  # 1 + 3 * 2^-24
+    # just above the halfway point rounds up; float64 rounding first would land on the tie
+    text = "1.0000000596046448"
+    assert Fraction(text) > Fraction(1) + Fraction(1, 2**24)
+    assert Q._c_float_literal(text) == 1 + 2**-23
+    assert torch.tensor(float(text), dtype=torch.float32).item() == 1.0  # the double rounding
+
+
+def test_cuda_nf4_thresholds_are_the_midpoints_except_four_by_one_ulp():
+    code = Q.CODEBOOKS["nf4"]
+    mids = (code[:-1] + code[1:]) / 2
+    cuda = torch.tensor(Q._CUDA_NF4_THRESHOLDS)
+    off = (cuda != mids).nonzero().flatten().tolist()
+    assert off == [0, 8, 12, 14]
+    steps = cuda.view(torch.int32) - mids.view(torch.int32)  # ulps, as signed bit patterns
+    assert steps[off].abs().tolist() == [1, 1, 1, 1]
+    # So beside each of the four, one float32 gets different codes on the two kernels: the
+    # upper of threshold and midpoint (ties go down on the CPU; the CUDA tree asks "x > t").
+    x = torch.cat([torch.tensor([1.0]), torch.maximum(cuda, mids)])
+    cpu = _codes(Q.quantize_4bit(x, 64, "nf4", kernel="cpu")[0], 16)
+    gpu = _codes(Q.quantize_4bit(x, 64, "nf4", kernel="cuda")[0], 16)
+    assert (cpu != gpu).nonzero().flatten().tolist() == [i + 1 for i in off]
+    assert torch.equal(cpu[1:].long() - gpu[1:].long(), (cuda - mids).sign().long())
+
+
+def test_cuda_fp4_sign_of_zero_follows_the_input():
+    x = torch.tensor([1.0, 0.0, 1e-3, -1e-3, -0.0, 1e-40, -1e-40])
+    gpu = _codes(Q.quantize_4bit(x, 64, "fp4", kernel="cuda")[0], 7)
+    cpu = _codes(Q.quantize_4bit(x, 64, "fp4", kernel="cpu")[0], 7)
+    assert gpu.tolist() == [3, 0, 0, 8, 0, 0, 0]  # subnormal -1e-40 is flushed to -0.0
+    assert cpu.tolist() == [3, 0, 8, 0, 0, 8, 0]
+
+
+def test_cuda_zero_block_keeps_absmax_zero_and_code_zero():
+    x = torch.cat([torch.zeros(64), torch.ones(64)])
+    packed, state = Q.quantize_4bit(x, 64, "nf4", kernel="cuda")
+    assert state.absmax.tolist() == [0.0, 1.0]
+    assert _codes(packed, 128)[:64].unique().tolist() == [0]  # 0 * inf is NaN: every test fails
+    assert torch.equal(Q.dequantize_4bit(packed, state), x)  # -1.0 * 0 is still zero
+    cpu_packed, _ = Q.quantize_4bit(x, 64, "nf4", kernel="cpu")
+    assert _codes(cpu_packed, 128)[:64].unique().tolist() == [7]
+
+
+@pytest.mark.parametrize("quant_type", ["nf4", "fp4"])
+def test_fast_lookup_equals_exact_cuda_rule(quant_type):
+    marks = torch.tensor(Q._CUDA_NF4_THRESHOLDS if quant_type == "nf4" else
+                         Q._CUDA_FP4_THRESHOLDS)
+    marks = torch.cat([marks, -marks, torch.tensor([0.0, -0.0, float("nan")])])
+    for _ in range(2):
+        marks = torch.cat([marks, torch.nextafter(marks, torch.tensor(2.0)),
+                           torch.nextafter(marks, torch.tensor(-2.0))])
+    v = torch.cat([marks, torch.randn(50_000, generator=torch.Generator().manual_seed(1)) / 2])
+    exact = partial(Q._cuda_code_index, quant_type=quant_type)
+    assert torch.equal(Q._CodeLookup(exact)(v), exact(v))
+
+
+def test_kernel_choice_is_checked_and_auto_follows_the_device():
+    assert Q._check_kernel("auto", torch.device("cuda", 0)) == "cuda"
+    assert Q._check_kernel("auto", torch.device("cpu")) == "cpu"
+    assert Q._check_kernel("cuda", torch.device("cpu")) == "cuda"
+    x = torch.randn(64)
+    with pytest.raises(ValueError, match="unknown kernel 'gpu'; choose one of auto, cpu, cuda"):
+        Q.quantize_4bit(x, kernel="gpu")
+    with pytest.raises(ValueError, match="unknown kernel"):
+        Q.quantize_blockwise_8bit(x, kernel="GPU")
+    # int4 is labkit's own format: the same codes under either kernel's scaling
+    a = _codes(Q.quantize_4bit(x, 64, "int4", kernel="cpu")[0], 64)
+    assert torch.equal(a, _codes(Q.quantize_4bit(x, 64, "int4", kernel="cuda")[0], 64))
 
 
 # ----------------------------------------------------------------------------- packing
