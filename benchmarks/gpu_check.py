@@ -66,7 +66,7 @@ warnings.filterwarnings("ignore", message="`is_gradient_checkpointing`", categor
 
 TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
 R = 8
-MB = 2**20
+MiB = 2**20
 
 
 def big_config(dry: bool) -> models.ModelConfig:
@@ -131,7 +131,8 @@ def estimate_bytes(model: torch.nn.Module, batch_shape: tuple[int, int], dtype: 
     b, t = batch_shape
     est = memory.estimate(model.config, "qlora", batch=b, seq_len=t, compute_dtype=names[dtype],
                           optimizer="paged_adamw", r=R, targets=TARGETS,
-                          gradient_checkpointing=checkpointing)
+                          gradient_checkpointing=checkpointing,
+                          autocast=dtype != torch.float32)  # as run() steps
     return est.total
 
 
@@ -317,14 +318,14 @@ def main(argv=None) -> int:
     print(f"QLoRA NF4 + double quant, r={R} on {', '.join(TARGETS)}; paged AdamW; batch "
           f"{batch}; {steps} steps after {warm} warm-up steps; median step time")
     head = (f"{'model':<10} {'params':>12} {'contender':<11} {'step ms':>8} {'/ PEFT':>7} "
-            f"{'peak MB':>8} {'est. MB':>8} {'last loss':>9} {'max|dloss|':>10}  ok")
+            f"{'peak MiB':>8} {'est. MiB':>8} {'last loss':>9} {'max|dloss|':>10}  ok")
     print(head)
     print("-" * len(head))
     for name, n, c, ms, rat, peak, est, loss, gap, good in rows:
-        peak_s = f"{peak / MB:8.1f}" if peak is not None else f"{'n/a':>8}"
-        print(f"{name:<10} {n:>12,d} {c:<11} {ms:>8.1f} {rat:>7.2f} {peak_s} {est / MB:>8.1f} "
+        peak_s = f"{peak / MiB:8.1f}" if peak is not None else f"{'n/a':>8}"
+        print(f"{name:<10} {n:>12,d} {c:<11} {ms:>8.1f} {rat:>7.2f} {peak_s} {est / MiB:>8.1f} "
               f"{loss:>9.4f} {gap:>10.2e}  {'yes' if good else 'NO'}")
-    print("est. MB: labkit.memory.estimate of the same step (weights, quantization state, "
+    print("est. MiB: labkit.memory.estimate of the same step (weights, quantization state, "
           "grads, optimizer, saved activations; no CUDA context or allocator cache)")
     ok &= ddp_check(args.dry_run)
     if args.dry_run:

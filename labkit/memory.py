@@ -53,7 +53,8 @@ capacities, as in :func:`fits`, are GiB):
   ``master_weights=True`` adds an fp32 copy of every trainable parameter (mixed-precision
   training with 16-bit weights).
 - activations: see :func:`activation_terms` for every tensor, op by op. LoRA adapters are
-  assumed without dropout; the step runs in the model's dtype (no autocast).
+  assumed without dropout; the step runs in the model's dtype, or, with ``autocast=True``
+  (LoRA and QLoRA), under ``torch.autocast`` with adapters in their own dtype.
 """
 
 from __future__ import annotations
@@ -496,12 +497,13 @@ class _Setup:
     s: int                   # bytes per element of activations (compute dtype)
     s_adapter: int           # bytes per element of the adapters
     cast: bool               # adapter dtype != compute dtype: each adapter casts its input
+    autocast: bool = False   # the step runs under torch.autocast (see activation_terms)
 
 
 def activation_terms(config, batch: int, seq_len: int, *, method: str = "full",
                      compute_dtype="fp32", adapter_dtype="fp32", r: int = 8,
-                     targets=BLOCK_LINEARS, gradient_checkpointing: bool = False
-                     ) -> tuple[dict[str, int], int]:
+                     targets=BLOCK_LINEARS, gradient_checkpointing: bool = False,
+                     autocast: bool = False) -> tuple[dict[str, int], int]:
     """Named activation terms (bytes saved for backward) and the ``recompute`` term.
 
     Derived from :mod:`labkit.models`' code, op by op, with N = batch * seq_len tokens,
@@ -530,6 +532,14 @@ def activation_terms(config, batch: int, seq_len: int, *, method: str = "full",
 
     With ``gradient_checkpointing`` each block saves only its input (N d s) in the forward;
     the returned ``recompute`` is the largest block's own terms (re-run in backward).
+
+    With ``autocast`` (the step runs under ``torch.autocast`` in the compute dtype, as
+    :func:`labkit.train.train` does with ``dtype=``, and adapters in another dtype), each
+    adapter's matmuls run on compute-dtype copies: the input cast and A's output take
+    N k s and N r s, and the cast copies of B (always) and of A (when the input requires
+    grad) are saved too. On CUDA, autocast also runs softmax in float32, which keeps probs
+    in float32 beside a compute-dtype copy; that is not modelled (it adds at most
+    B H T^2 * 4 bytes per block).
     """
     cfg = _get_config(config)
     B, T = _positive_int("batch", batch), _positive_int("seq_len", seq_len)
@@ -539,8 +549,11 @@ def activation_terms(config, batch: int, seq_len: int, *, method: str = "full",
     s = _nbytes(cd)
     ad = _dtype(adapter_dtype, "adapter dtype", FLOAT_DTYPES)
     full = method == "full"
+    if autocast and full:
+        raise ValueError("autocast is modelled for LoRA and QLoRA adapters only; full "
+                         "fine-tuning runs in the weights' dtype here")
     st = _Setup(full, () if full else _targets(targets), _positive_int("r", r), s,
-                _nbytes(ad), ad != cd)
+                _nbytes(ad), ad != cd, bool(autocast))
     N, d, V = B * T, cfg.hidden_size, cfg.vocab_size
     terms: dict[str, int] = {}
 
@@ -579,6 +592,9 @@ def _block_terms(cfg, B: int, T: int, st: _Setup, rg: bool) -> tuple[dict[str, i
     terms and whether its output requires grad."""
     N, d, f, H = B * T, cfg.hidden_size, cfg.intermediate_size, cfg.n_heads
     s, terms = st.s, {}
+    kv = cfg.n_kv_heads * (d // H)
+    width_out = {"q_proj": d, "k_proj": kv, "v_proj": kv, "o_proj": d, "gate_proj": f,
+                 "up_proj": f, "down_proj": d}
 
     def add(name: str, n: int) -> None:
         if n:
@@ -600,7 +616,11 @@ def _block_terms(cfg, B: int, T: int, st: _Setup, rg: bool) -> tuple[dict[str, i
             lora = n in st.targets
             if st.full or (lora and not st.cast):
                 saved_input = True
-            if lora:
+            if lora and st.cast and st.autocast:  # compute-dtype copies of input and A, B
+                add("adapter input casts", N * k * s)
+                add("adapter A outputs", N * st.r * s)
+                add("adapter weight casts", (width_out[n] + (k if in_rg else 0)) * st.r * s)
+            elif lora:
                 if st.cast:
                     add("adapter input casts", N * k * st.s_adapter)
                 add("adapter A outputs", N * st.r * st.s_adapter)
@@ -656,7 +676,8 @@ def estimate(config, method: str = "full", batch: int = 1, seq_len: int = 512, *
              weight_dtype=None, compute_dtype=None, adapter_dtype="fp32",
              optimizer: str = "adamw", state_dtype=None, master_weights: bool = False,
              r: int = 8, targets=BLOCK_LINEARS, gradient_checkpointing: bool = False,
-             blocksize: int = 64, double_quant: bool = True) -> MemoryBreakdown:
+             blocksize: int = 64, double_quant: bool = True,
+             autocast: bool = False) -> MemoryBreakdown:
     """The memory of one training step of ``config``, computed without allocating.
 
     Args:
@@ -678,6 +699,9 @@ def estimate(config, method: str = "full", batch: int = 1, seq_len: int = 512, *
         r, targets: LoRA rank and target linears (names of :data:`BLOCK_LINEARS`).
         gradient_checkpointing: keep block inputs only (see :func:`activation_terms`).
         blocksize, double_quant: QLoRA's 4-bit storage (:func:`labkit.quant.quantized_nbytes`).
+        autocast: LoRA / QLoRA only: the step runs under ``torch.autocast`` in the compute
+            dtype with adapters in ``adapter_dtype``, as on labkit's GPU path
+            (see :func:`activation_terms`).
 
     Returns:
         A :class:`MemoryBreakdown` whose ``terms`` name every term (``"weights/4bit
@@ -708,8 +732,9 @@ def estimate(config, method: str = "full", batch: int = 1, seq_len: int = 512, *
         cd = _dtype(compute_dtype or wd, "compute dtype", FLOAT_DTYPES)
         if cd != wd:
             raise ValueError(
-                f"compute dtype {cd} differs from weight dtype {wd}: autocast mixed precision "
-                "is not modelled (it caches cast weights); the step runs in the weights' dtype")
+                f"compute dtype {cd} differs from weight dtype {wd}: autocast of the base "
+                "weights is not modelled (it caches cast weights); the step runs in the "
+                "weights' dtype")
     ad = _dtype(adapter_dtype, "adapter dtype", FLOAT_DTYPES)
     sd = None if state_dtype is None else _dtype(state_dtype, "state dtype", FLOAT_DTYPES)
     tg = () if method == "full" else _targets(targets)
@@ -781,7 +806,8 @@ def estimate(config, method: str = "full", batch: int = 1, seq_len: int = 512, *
     # activations
     act, out.recompute = activation_terms(
         cfg, batch, seq_len, method=method, compute_dtype=cd, adapter_dtype=ad, r=r,
-        targets=tg or BLOCK_LINEARS, gradient_checkpointing=gradient_checkpointing)
+        targets=tg or BLOCK_LINEARS, gradient_checkpointing=gradient_checkpointing,
+        autocast=autocast)
     for k, v in act.items():
         add(f"activations/{k}", v)
     add("recompute/one block", out.recompute)

@@ -112,6 +112,35 @@ def test_estimate_agrees_on_mha_tied_and_partial_targets(cfg, method, ckpt):
         assert getattr(est, c) == pytest.approx(getattr(meas, c), rel=0.05), c
 
 
+@pytest.mark.parametrize("ckpt", [False, True], ids=["no-ckpt", "ckpt"])
+@pytest.mark.parametrize("method", ["lora", "qlora"])
+@pytest.mark.parametrize("targets", [list(memory.BLOCK_LINEARS), ["k_proj", "o_proj", "up_proj"]],
+                         ids=["all", "partial"])
+def test_estimate_under_autocast_counts_what_autocast_saves(targets, method, ckpt):
+    """labkit's GPU path: a bf16 base, fp32 adapters, the step under torch.autocast (here on
+    the CPU). Each adapter then saves bf16 copies of its input, A's output and its weights."""
+    cfg = models.ModelConfig(128, 128, 352, 2, 4, 2, max_seq_len=64, name="gqa")
+    torch.manual_seed(0)
+    m = models.build(cfg).to(torch.bfloat16)
+    if method == "lora":
+        lora.add_lora(m, targets, r=8, alpha=16)  # adapters in fp32, as in PEFT
+    else:
+        qlora.prepare_qlora(m, targets, r=8, alpha=16, compute_dtype=torch.bfloat16,
+                            backend="bnb")
+    ids = torch.randint(3, 128, (4, 20))
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        meas = memory.measure(m, (ids, ids.clone()), gradient_checkpointing=ckpt)
+    kw = {"weight_dtype": "nf4"} if method == "qlora" else {"weight_dtype": "bf16"}
+    est = memory.estimate(cfg, method, 4, 20, compute_dtype="bf16", r=8, targets=targets,
+                          gradient_checkpointing=ckpt, autocast=True, **kw)
+    assert (est.activations, est.recompute) == (meas.activations, meas.recompute)
+    plain = memory.estimate(cfg, method, 4, 20, compute_dtype="bf16", r=8, targets=targets,
+                            gradient_checkpointing=ckpt, **kw)
+    assert plain.activations + plain.recompute > meas.activations + meas.recompute
+    with pytest.raises(ValueError, match="autocast is modelled for LoRA and QLoRA"):
+        memory.estimate(cfg, "full", 4, 20, weight_dtype="bf16", autocast=True)
+
+
 def test_measure_sees_qlora_checkpointing_wrapper():
     """labkit.qlora.enable_gradient_checkpointing wraps each block's forward instead of
     setting the model flag; measure() notices it and still counts one block's recompute."""
@@ -293,7 +322,7 @@ def test_stack_can_keep_recompute_apart():
     ({"batch": 0}, "batch must be a positive int"),
     ({"seq_len": -3}, "seq_len must be a positive int"),
     ({"method": "lora", "targets": ["qproj"]}, "unknown LoRA target"),
-    ({"compute_dtype": "bf16"}, "autocast mixed precision is not modelled"),
+    ({"compute_dtype": "bf16"}, "autocast of the base weights is not modelled"),
 ])
 def test_estimate_bad_input(kwargs, msg):
     args = {"config": "tiny", "method": "full", "batch": 1, "seq_len": 8} | kwargs

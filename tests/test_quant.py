@@ -516,9 +516,10 @@ def test_kernel_choice_is_checked_and_auto_follows_the_device():
         Q.quantize_4bit(x, kernel="gpu")
     with pytest.raises(ValueError, match="unknown kernel"):
         Q.quantize_blockwise_8bit(x, kernel="GPU")
-    # int4 is labkit's own format: the same codes under either kernel's scaling
-    a = _codes(Q.quantize_4bit(x, 64, "int4", kernel="cpu")[0], 64)
-    assert torch.equal(a, _codes(Q.quantize_4bit(x, 64, "int4", kernel="cuda")[0], 64))
+    # int4 is labkit's own format: one rule on every device, zero blocks included
+    x = torch.cat([x, torch.zeros(64)])
+    a = _codes(Q.quantize_4bit(x, 64, "int4", kernel="cpu")[0], 128)
+    assert torch.equal(a, _codes(Q.quantize_4bit(x, 64, "int4", kernel="cuda")[0], 128))
 
 
 # ----------------------------------------------------------------------------- packing
