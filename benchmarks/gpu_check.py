@@ -5,14 +5,15 @@ random init, built straight on the GPU in bf16), each contender quantizes the sa
 linear targets to NF4 with double quantization, adds rank-8 adapters starting from the same
 values, and trains the same batches with paged AdamW in bf16 compute. Printed per model:
 
-* step time, labkit over PEFT (wall clock, CUDA-synchronised);
-* peak ``torch.cuda.max_memory_allocated`` during training, less what was allocated before
-  the contender's model was built (the unquantized base it is copied from stays on the GPU
-  throughout), beside labkit's estimate of the
-  same step, ``labkit.memory.estimate`` (4-bit base with its quantization state, float
-  layers in the compute dtype, fp32 adapters, their gradients, paged AdamW's moments and
-  the activations autograd saves). CUDA context, kernel workspaces and allocator caching
-  are not in the estimate, so the peak is expected above it;
+* step time, labkit over PEFT (wall clock, CUDA-synchronised): all contenders built side
+  by side and stepped in interleaved rounds (A B C, C B A, ...), the median per-round ratio;
+* peak ``torch.cuda.max_memory_allocated`` while one contender trains alone, less what was
+  allocated before its model was built (the unquantized base it is copied from stays on the
+  GPU throughout), beside labkit's estimate of the same step, ``labkit.memory.estimate``
+  with ``autocast=True`` (4-bit base with its quantization state, float layers in the
+  compute dtype, fp32 adapters, their gradients, paged AdamW's moments and the activations
+  autograd saves). CUDA context, kernel workspaces, backward's temporaries and allocator
+  caching are not in the estimate;
 * correctness: the two contenders' losses step by step (they run the same maths in bf16,
   so they agree to bf16 rounding), and no NaN. For the small model labkit's reference
   4-bit back end (pure PyTorch, on the GPU too) runs as a third contender.
@@ -40,6 +41,7 @@ from __future__ import annotations
 import argparse
 import copy
 import gc
+import itertools
 import json
 import math
 import os
@@ -47,7 +49,6 @@ import random
 import statistics
 import sys
 import tempfile
-import time
 import warnings
 from pathlib import Path
 
@@ -61,6 +62,9 @@ from labkit import _deps, distributed, memory, models, qlora, train  # noqa: E40
 from labkit import lora as L  # noqa: E402
 from labkit.data import get_task  # noqa: E402
 from labkit.env import pick_device, seed_everything  # noqa: E402
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import _bench  # noqa: E402  (interleaved timing, shared with the CPU benchmarks)
 
 warnings.filterwarnings("ignore", message="`is_gradient_checkpointing`", category=FutureWarning)
 
@@ -136,30 +140,50 @@ def estimate_bytes(model: torch.nn.Module, batch_shape: tuple[int, int], dtype: 
     return est.total
 
 
+def train_step(model, opt, ids, labels, dtype) -> torch.Tensor:
+    """One QLoRA step: forward under autocast (bf16 on a GPU), backward, optimizer step."""
+    with torch.autocast(ids.device.type, dtype=dtype, enabled=dtype != torch.float32):
+        logits = model(ids)
+    loss = train.lm_loss(logits, labels)
+    opt.zero_grad(set_to_none=True)
+    loss.backward()
+    opt.step()
+    return loss
+
+
 def run(model, batches, device, dtype, checkpointing=False, before: int = 0) -> dict:
-    """Train ``model`` on ``batches``; ``before``: bytes allocated before it was built."""
+    """Train ``model`` on ``batches``: losses, and the peak memory over the steps less
+    ``before``, the bytes allocated before the model was built."""
     opt = train.make_optimizer(model, "paged_adamw", lr=1e-3)
     model.train()
-    losses, times = [], []
     cuda = device.type == "cuda"
     if cuda:
         torch.cuda.synchronize()
         torch.cuda.reset_peak_memory_stats()
-    for ids, labels in batches:
-        t0 = time.perf_counter()
-        with torch.autocast(device.type, dtype=dtype, enabled=dtype != torch.float32):
-            logits = model(ids)
-        loss = train.lm_loss(logits, labels)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-        if cuda:
-            torch.cuda.synchronize()
-        times.append(time.perf_counter() - t0)
-        losses.append(loss.item())
+    losses = [train_step(model, opt, ids, labels, dtype).item() for ids, labels in batches]
     peak = torch.cuda.max_memory_allocated() - before if cuda else None
     est = estimate_bytes(model, tuple(batches[0][0].shape), dtype, checkpointing)
-    return {"losses": losses, "times": times, "peak": peak, "estimate": est}
+    return {"losses": losses, "peak": peak, "estimate": est}
+
+
+def step_times(models_by_name: dict, batches, dtype, reps: int) -> tuple[dict, dict]:
+    """Each contender's step time, interleaved (A B C, C B A, ...) so that a slow spell of the
+    machine hits all alike: median seconds per step, and the median per-round ratio to PEFT.
+    """
+    steppers = {}
+    for name, model in models_by_name.items():
+        opt = train.make_optimizer(model, "paged_adamw", lr=1e-3)
+        stream = itertools.cycle(batches)
+
+        def step(model=model, opt=opt, stream=stream):
+            train_step(model, opt, *next(stream), dtype)
+            if batches[0][0].device.type == "cuda":
+                torch.cuda.synchronize()
+        step()  # warm-up: kernels, allocator, optimizer state
+        steppers[name] = step
+    wall, _ = _bench.interleave(steppers, reps)
+    return ({c: statistics.median(t) for c, t in wall.items()},
+            {c: _bench.ratio(c, "peft", wall) for c in wall})
 
 
 def quant_agreement(device: torch.device, dry: bool) -> bool:
@@ -289,7 +313,7 @@ def main(argv=None) -> int:
         init = peft_init(base)
         contenders = ["labkit", "peft"] + (["labkit-ref"] if model_name == "pretrained" else [])
         res = {}
-        for c in contenders:
+        for c in contenders:  # one at a time: losses and peak memory
             if warm:  # warm-up (kernels, allocator, paging) on a throwaway copy
                 run(build(c, base, init, compute_dtype, args.checkpointing), data[:warm],
                     device, dtype)
@@ -301,7 +325,11 @@ def main(argv=None) -> int:
             gc.collect()
             if device.type == "cuda":
                 torch.cuda.empty_cache()
-        del base
+        # all together: step times, interleaved
+        timed = {c: build(c, base, init, compute_dtype, args.checkpointing) for c in contenders}
+        times, ratios = step_times(timed, data[:steps], dtype, reps=steps)
+        del base, timed
+        gc.collect()
         ref = res["peft"]
         for c, r in res.items():
             gap = max(abs(a - b) for a, b in zip(r["losses"], ref["losses"], strict=True))
@@ -310,13 +338,13 @@ def main(argv=None) -> int:
             # bf16 rounds to ~3 significant digits; losses of the same maths stay within 2 %
             agree = gap <= 0.02 * scale if dtype != torch.float32 else gap <= 1e-4 * scale
             ok &= finite and agree
-            step_ms = 1e3 * statistics.median(r["times"])
-            ref_ms = 1e3 * statistics.median(ref["times"])
-            rows.append((model_name, n_params, c, step_ms, step_ms / ref_ms, r["peak"],
+            rows.append((model_name, n_params, c, 1e3 * times[c], ratios[c], r["peak"],
                          r["estimate"], r["losses"][-1], gap, finite and agree))
 
     print(f"QLoRA NF4 + double quant, r={R} on {', '.join(TARGETS)}; paged AdamW; batch "
-          f"{batch}; {steps} steps after {warm} warm-up steps; median step time")
+          f"{batch}; losses and peak memory over {steps} steps after {warm} warm-up steps, one "
+          f"contender at a time; step time: median of {steps} interleaved rounds, '/ PEFT' the "
+          f"median per-round ratio")
     head = (f"{'model':<10} {'params':>12} {'contender':<11} {'step ms':>8} {'/ PEFT':>7} "
             f"{'peak MiB':>8} {'est. MiB':>8} {'last loss':>9} {'max|dloss|':>10}  ok")
     print(head)
