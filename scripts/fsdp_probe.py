@@ -60,6 +60,7 @@ import argparse
 import dataclasses
 import functools
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -424,10 +425,20 @@ def main(argv=None) -> int:
                 "world_size": world, "torch": torch.__version__,
                 "bitsandbytes": _deps.import_bnb().__version__, "steps": STEPS,
                 "cases": results}, indent=1))
+        print(f"rank {rank}: every case done", file=sys.stderr, flush=True)
     finally:
         dist.destroy_process_group()
     return 0
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    code = main()
+    # In two of four full test runs one session saw a rank abort with "terminate called
+    # without an active exception", which C++ prints when a thread is destroyed while still
+    # joinable, typically at teardown; where it struck was not pinned down (the "every case
+    # done" line on stderr tells next time). The results are written and the process group
+    # is gone by now, so leave without the interpreter's teardown; an abort before this
+    # line still fails the run.
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)

@@ -4,7 +4,7 @@
 (``tests/fixtures/bnb_cuda_quant.pt``): the inputs are made here from fixed seeds on the CPU,
 then quantized (4-bit NF4 and FP4 in three dtypes, with double quantization, and 8-bit
 blockwise) and dequantized by bitsandbytes on a CUDA GPU. Each record keeps the input and
-everything bitsandbytes returned, about 200 kB in all.
+everything bitsandbytes returned, about 330 kB in all.
 
     python scripts/record_bnb_cuda.py [--out tests/fixtures/bnb_cuda_quant.pt]   # CUDA GPU
 """
