@@ -321,13 +321,22 @@ def _cuda_code_index(scaled: torch.Tensor, quant_type: str) -> torch.Tensor:
     through ``_CUDA_FP4_THRESHOLDS``. A NaN (0 * inf: an all-zero block, whose absmax the
     kernel does not floor) compares false everywhere and gets code 0.
     """
-    dev = scaled.device
+    thresholds, codes = _cuda_tree(quant_type, scaled.device)
     if quant_type == "nf4":
-        index = torch.bucketize(scaled, torch.tensor(_CUDA_NF4_THRESHOLDS, device=dev))
+        index = torch.bucketize(scaled, thresholds)
     else:
-        step = torch.bucketize(scaled.abs(), torch.tensor(_CUDA_FP4_THRESHOLDS, device=dev))
-        index = torch.tensor(_FP4_BY_MAGNITUDE, device=dev)[step] | (scaled < 0) * 0b1000
+        index = codes[torch.bucketize(scaled.abs(), thresholds)] | (scaled < 0) * 0b1000
     return index.masked_fill_(torch.isnan(scaled), 0).to(torch.uint8)
+
+
+@cache
+def _cuda_tree(quant_type: str, device: torch.device) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """The CUDA thresholds of ``quant_type`` and, for FP4, the codes of its magnitudes, on
+    ``device`` (made once per device, not on every call)."""
+    if quant_type == "nf4":
+        return torch.tensor(_CUDA_NF4_THRESHOLDS, device=device), None
+    return (torch.tensor(_CUDA_FP4_THRESHOLDS, device=device),
+            torch.tensor(_FP4_BY_MAGNITUDE, device=device))
 
 
 class _CodeLookup:
@@ -574,8 +583,13 @@ def _scale_blocks_cuda(
     """
     n = flat.numel()
     blocks, absmax = _cuda_blocks(flat, blocksize, what)
-    scaled = _flush_subnormals(blocks * _flush_subnormals(1.0 / absmax).unsqueeze(1))
+    scaled = _cuda_scale(blocks, 1.0 / absmax)
     return absmax, scaled.reshape(-1)[: n + n % 2]
+
+
+def _cuda_scale(blocks: torch.Tensor, reciprocal: torch.Tensor) -> torch.Tensor:
+    """(n_blocks, blocksize) ``blocks * reciprocal`` per block, with CUDA's flush-to-zero."""
+    return _flush_subnormals(blocks * _flush_subnormals(reciprocal).unsqueeze(1))
 
 
 def _cuda_blocks(
@@ -726,8 +740,8 @@ def _cuda_codes_within_one_ulp(
                     for k in (-1.0, 2.0))
     explained = torch.zeros_like(absmax, dtype=torch.bool)
     for reciprocal in (below, exact, above):
-        scaled = _flush_subnormals(blocks * _flush_subnormals(reciprocal).unsqueeze(1))
-        explained |= ((_cuda_code_index(scaled, quant_type) == want) | padding).all(dim=1)
+        codes = _cuda_code_index(_cuda_scale(blocks, reciprocal), quant_type)
+        explained |= ((codes == want) | padding).all(dim=1)
     return explained
 
 
