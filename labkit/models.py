@@ -394,13 +394,37 @@ def build(config: str | ModelConfig, device: str | torch.device = "cpu",
 
     ``device="meta"`` allocates nothing: shapes only, so a 70B model "builds" instantly,
     for counting parameters and estimating memory.
+
+    ``dtype`` other than float32 (e.g. ``torch.bfloat16`` before quantizing on a GPU)
+    builds straight in that dtype: the device never holds a float32 copy (a 7B model in
+    float32 is 27 GB, in bf16 13.5 GB). The random init is then drawn in that dtype, so
+    its values differ from a float32 build cast afterwards (same distribution).
     """
     cfg = get_config(config)
-    meta = torch.device(device).type == "meta"
-    with torch.device(device), (_skip_init() if meta else contextlib.nullcontext()):
-        model = LlamaLM(cfg)
-    if dtype is not None:
-        model = model.to(dtype)
+    dev = torch.device(device)
+    if dev.type == "meta" or dtype in (None, torch.float32):
+        with torch.device(dev), (_skip_init() if dev.type == "meta" else contextlib.nullcontext()):
+            model = LlamaLM(cfg)
+        return model if dtype is None else model.to(dtype)
+    return _build_low_precision(cfg, dev, dtype)
+
+
+def _build_low_precision(cfg: ModelConfig, device: torch.device, dtype: torch.dtype) -> LlamaLM:
+    """Shapes on the meta device, storage allocated once in ``dtype``, then initialised in
+    place as :class:`LlamaLM` does (N(0, 0.02) matrices, unit norms, RoPE tables computed in
+    float32 and cast, as ``.to(dtype)`` would)."""
+    with torch.device("meta"), _skip_init():
+        model = LlamaLM(cfg).to(dtype)
+    model.to_empty(device=device)
+    with torch.no_grad():
+        for m in model.modules():
+            if isinstance(m, RMSNorm):
+                m.weight.fill_(1.0)
+            elif isinstance(m, RotaryEmbedding):
+                fresh = RotaryEmbedding(cfg.head_dim, cfg.max_seq_len, cfg.rope_theta)
+                m.cos.copy_(fresh.cos)
+                m.sin.copy_(fresh.sin)
+        model.apply(LlamaLM._init_weights)
     return model
 
 

@@ -99,6 +99,44 @@ def test_forward_shapes_and_tied_head():
         model(torch.zeros(1, 17, dtype=torch.long))
 
 
+class _LargestFloat32(torch.utils._python_dispatch.TorchDispatchMode):
+    """Records the largest float32 tensor any op creates off the meta device."""
+
+    def __init__(self):
+        super().__init__()
+        self.largest = 0
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        out = func(*args, **(kwargs or {}))
+        for t in out if isinstance(out, tuple | list) else [out]:
+            if isinstance(t, torch.Tensor) and t.dtype == torch.float32 and not t.is_meta:
+                self.largest = max(self.largest, t.numel())
+        return out
+
+
+@pytest.mark.parametrize("lowp", [True, False])
+def test_low_precision_build_never_makes_a_float32_weight(lowp):
+    """build(dtype=bf16) allocates every weight in bf16 (a 7B model never holds 27 GB of
+    float32 on the device); building in float32 and casting does, which this test sees."""
+    cfg = models.get_config("tiny")
+    with _LargestFloat32() as rec:
+        m = (models.build(cfg, dtype=torch.bfloat16) if lowp
+             else models.build(cfg).to(torch.bfloat16))
+    biggest_weight = max(p.numel() for p in m.parameters())
+    if lowp:
+        assert rec.largest < biggest_weight  # only the small RoPE tables are float32 on the way
+    else:
+        assert rec.largest >= biggest_weight
+    assert {p.dtype for p in m.parameters()} == {torch.bfloat16}
+    ref = models.build(cfg).to(torch.bfloat16)
+    assert torch.equal(m.rope.cos, ref.rope.cos) and torch.equal(m.rope.sin, ref.rope.sin)
+    assert all(torch.equal(a.weight, b.weight) for a, b in zip(
+        [m.norm, *[x.input_layernorm for x in m.layers]],
+        [ref.norm, *[x.input_layernorm for x in ref.layers]], strict=True))
+    w = m.layers[0].mlp.up_proj.weight.float()
+    assert abs(w.std().item() - 0.02) < 0.002 and abs(w.mean().item()) < 0.002
+
+
 def test_causal_mask_really_causal():
     seed_everything(0)
     model = models.build(small_config()).eval()
