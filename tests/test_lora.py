@@ -1,4 +1,4 @@
-"""labkit.lora and labkit.adapters without PEFT: layers, injection, merging, switching,
+"""labkit.lora without PEFT: layers, injection, merging, switching,
 accounting, adapter files and bad input. Every number is compared with an independent
 computation (the formula written out with plain tensors)."""
 
@@ -7,6 +7,8 @@ import json
 import math
 import os
 import re
+import subprocess
+import sys
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
@@ -16,9 +18,9 @@ import torch  # noqa: E402
 from safetensors.torch import load_file  # noqa: E402
 from torch import nn  # noqa: E402
 
-from labkit import adapters as ad  # noqa: E402
+from labkit import adapters, models  # noqa: E402
 from labkit import lora as L  # noqa: E402
-from labkit import models  # noqa: E402
+from labkit._api import LabkitDeprecationWarning  # noqa: E402
 
 
 @pytest.fixture(autouse=True)
@@ -64,13 +66,13 @@ ALL7 = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_pr
 # --------------------------------------------------------------------------- layers
 
 
-def test_lora_param_count_is_r_times_d_plus_k():
-    assert L.lora_param_count(1024, 1024, 8) == 16_384
+def test_adapter_params_is_r_times_d_plus_k():
+    assert L.adapter_params(1024, 1024, 8) == 16_384
     layer = L.LoRALinear(nn.Linear(40, 24), r=3, alpha=6)  # W is d x k = 24 x 40
     n = sum(p.numel() for p in L.get_adapter_params(layer).values())
-    assert n == L.lora_param_count(24, 40, 3) == 3 * 64
+    assert n == L.adapter_params(24, 40, 3) == 3 * 64
     with pytest.raises(ValueError, match="positive ints; got r=0"):
-        L.lora_param_count(8, 8, 0)
+        L.adapter_params(8, 8, 0)
 
 
 @pytest.mark.parametrize("rslora", [False, True])
@@ -223,7 +225,7 @@ def test_add_lora_on_custom_module_counts_and_freezes():
     model = MLP()
     rep = L.add_lora(model, ["up", "down"], r=2, alpha=4)
     assert rep.layers == ["up", "down"]
-    want = L.lora_param_count(20, 12, 2) + L.lora_param_count(12, 20, 2)
+    want = L.adapter_params(20, 12, 2) + L.adapter_params(12, 20, 2)
     trainable = {n for n, p in model.named_parameters() if p.requires_grad}
     assert trainable == {"up.lora_A.default.weight", "up.lora_B.default.weight",
                          "down.lora_A.default.weight", "down.lora_B.default.weight"}
@@ -266,12 +268,12 @@ def test_labkit_model():
     ref = copy.deepcopy(model).eval()
     rep = L.add_lora(model, ALL7 + ["embed_tokens"], r=4, alpha=8)
     cfg = model.config
-    per_layer = sum(L.lora_param_count(d, k, 4) for d, k in [
+    per_layer = sum(L.adapter_params(d, k, 4) for d, k in [
         (cfg.hidden_size, cfg.hidden_size), (cfg.kv_dim, cfg.hidden_size),
         (cfg.kv_dim, cfg.hidden_size), (cfg.hidden_size, cfg.hidden_size),
         (cfg.intermediate_size, cfg.hidden_size), (cfg.intermediate_size, cfg.hidden_size),
         (cfg.hidden_size, cfg.intermediate_size)])
-    embed = L.lora_param_count(cfg.vocab_size, cfg.hidden_size, 4)
+    embed = L.adapter_params(cfg.vocab_size, cfg.hidden_size, 4)
     assert rep.params.trainable == cfg.n_layers * per_layer + embed
     model.eval()
     ids = torch.randint(0, cfg.vocab_size, (2, 8))
@@ -283,23 +285,23 @@ def test_labkit_model():
         torch.testing.assert_close(ref(ids), want, rtol=1e-4, atol=1e-5)
 
 
-def test_count_lora_params_on_meta_allocates_nothing():
+def test_planned_adapter_params_on_meta_allocates_nothing():
     from transformers import LlamaConfig, LlamaForCausalLM
 
     with torch.device("meta"):  # LLaMA-2 7B shapes
         big = LlamaForCausalLM(LlamaConfig(hidden_size=4096, intermediate_size=11008,
                                            num_hidden_layers=32, num_attention_heads=32,
                                            vocab_size=32000))
-    est = L.count_lora_params(big, ["q_proj", "v_proj"], r=8)
+    est = L.planned_adapter_params(big, ["q_proj", "v_proj"], r=8)
     assert all(p.device.type == "meta" for p in big.parameters())
     assert est.trainable == 32 * 2 * 8 * (4096 + 4096) == 4_194_304
     assert est.base == 6_738_415_616 and est.layers == 64
     assert f"{est.percent:.4f}" == "0.0622"  # the figure PEFT prints for this setup
     # labkit's own registry, and agreement with real injection on a small model
-    assert L.count_lora_params(models.build("llama-2-7b", device="meta"),
-                               ["q_proj", "v_proj"], 8).trainable == 4_194_304
+    assert L.planned_adapter_params(models.build("llama-2-7b", device="meta"),
+                                    ["q_proj", "v_proj"], 8).trainable == 4_194_304
     small = tiny_llama()
-    est = L.count_lora_params(small, ALL7, r=4)
+    est = L.planned_adapter_params(small, ALL7, r=4)
     assert est.trainable == L.add_lora(small, ALL7, r=4, alpha=4).params.trainable
 
 
@@ -346,7 +348,7 @@ def test_save_load_round_trip_peft_layout(tmp_path):
     model = tiny_llama()
     L.add_lora(model, ["q_proj", "v_proj", "embed_tokens"], r=4, alpha=8, use_rslora=True)
     randomize(model)
-    ad.save_adapter(model, tmp_path, base_model_name_or_path="tiny-llama", task_type="CAUSAL_LM")
+    L.save_adapter(model, tmp_path, base_model_name_or_path="tiny-llama", task_type="CAUSAL_LM")
     cfg = json.loads((tmp_path / "adapter_config.json").read_text())
     assert {k: cfg[k] for k in ("peft_type", "r", "lora_alpha", "target_modules", "use_rslora",
                                 "lora_dropout", "fan_in_fan_out", "bias",
@@ -362,13 +364,13 @@ def test_save_load_round_trip_peft_layout(tmp_path):
     assert sd[pre + "embed_tokens.lora_embedding_B"].shape == (32, 4)
     assert len(sd) == 2 + 2 * 2 * 2
     fresh = tiny_llama()
-    rep = ad.load_adapter(fresh, tmp_path)
+    rep = L.load_adapter(fresh, tmp_path)
     assert rep.params.trainable == 0  # loaded for inference, as PEFT does by default
     with torch.no_grad():
         torch.testing.assert_close(fresh(IDS).logits, model(IDS).logits)
     again = tiny_llama()
-    ad.load_adapter(again, tmp_path, is_trainable=True)
-    assert L.count_params(again).trainable == L.count_params(model).trainable
+    L.load_adapter(again, tmp_path, is_trainable=True)
+    assert L.model_params(again).trainable == L.model_params(model).trainable
 
 
 # --------------------------------------------------------------------------- bad input
@@ -429,27 +431,27 @@ def test_injecting_twice_is_an_error():
 def test_loading_adapter_that_does_not_fit(tmp_path):
     model = tiny_llama()
     L.add_lora(model, ["q_proj"], r=4, alpha=8)
-    ad.save_adapter(model, tmp_path / "a")
+    L.save_adapter(model, tmp_path / "a")
     from transformers import LlamaConfig, LlamaForCausalLM
 
     wider = LlamaForCausalLM(LlamaConfig(vocab_size=64, hidden_size=48, intermediate_size=48,
                                          num_hidden_layers=2, num_attention_heads=4,
                                          num_key_value_heads=2))
     with pytest.raises(ValueError, match="shapes do not fit.*file \\(4, 32\\), model \\(4, 48\\)"):
-        ad.load_adapter(wider, tmp_path / "a")
+        L.load_adapter(wider, tmp_path / "a")
     with pytest.raises(ValueError, match=r"\['q_proj'\] match no module.*down, emb, head, up"):
-        ad.load_adapter(MLP(), tmp_path / "a")
+        L.load_adapter(MLP(), tmp_path / "a")
     other = tiny_llama()
     L.add_lora(other, ["q_proj"], r=4, alpha=16)
     with pytest.raises(ValueError, match="disagree.*'lora_alpha': \\(16, 8\\)"):
-        ad.load_adapter(other, tmp_path / "a")
+        L.load_adapter(other, tmp_path / "a")
     cfg = json.loads((tmp_path / "a" / "adapter_config.json").read_text())
     cfg["use_dora"] = True
     (tmp_path / "a" / "adapter_config.json").write_text(json.dumps(cfg))
     with pytest.raises(ValueError, match="options labkit does not implement: {'use_dora': True}"):
-        ad.load_adapter(tiny_llama(), tmp_path / "a")
+        L.load_adapter(tiny_llama(), tmp_path / "a")
     with pytest.raises(FileNotFoundError, match="no adapter_config.json"):
-        ad.load_adapter(tiny_llama(), tmp_path / "missing")
+        L.load_adapter(tiny_llama(), tmp_path / "missing")
 
 
 def test_param_table_and_summary():
@@ -466,3 +468,39 @@ def test_param_table_and_summary():
     assert L.param_summary(model) == (  # 100 * 512 / 20,128 = 2.5437 %
         "trainable params: 512 || all params: 20,128 || trainable%: 2.5437")
     assert [r.module for r in L.param_rows(model, depth=1)] == ["model", "lm_head"]
+
+
+# --------------------------------------------------------------------------- counts, renames
+
+
+def test_config_params_is_the_published_size_without_allocating():
+    assert L.config_params("llama-2-7b") == 6_738_415_616  # Meta's published count
+    cfg = models.get_config("llama-2-7b")
+    assert L.config_params(cfg) == L.model_params(models.build(cfg, device="meta")).total
+
+
+def test_counts_import_without_torch():
+    code = ("import sys; from labkit.lora import counts; "
+            "print(counts.adapter_params(1024, 1024, 8), 'torch' in sys.modules)")
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert r.stdout.split() == ["16384", "False"]
+
+
+def test_old_count_names_warn_and_give_the_new_results():
+    model = MLP()
+    L.add_lora(model, ["up", "down"], r=2, alpha=4)
+    renamed = {"lora_param_count": ("adapter_params", (24, 40, 3)),
+               "count_params": ("model_params", (model,)),
+               "count_lora_params": ("planned_adapter_params", (MLP(), ["up", "down"], 2))}
+    for old, (new, args) in renamed.items():
+        with pytest.warns(LabkitDeprecationWarning, match=rf"lora\.{old} .*lora\.{new}\b"):
+            fn = getattr(L, old)
+        assert fn(*args) == getattr(L, new)(*args)
+
+
+def test_labkit_adapters_names_warn_and_are_labkit_lora_names():
+    for name in ("save_adapter", "load_adapter", "read_adapter_config", "adapter_state_dict",
+                 "WEIGHTS_NAME", "CONFIG_NAME"):
+        with pytest.warns(LabkitDeprecationWarning, match=rf"use labkit\.lora\.{name} instead"):
+            obj = getattr(adapters, name)
+        assert obj is getattr(L, name)

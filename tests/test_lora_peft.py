@@ -23,7 +23,6 @@ import pytest  # noqa: E402
 import torch  # noqa: E402
 
 from labkit import _deps  # noqa: E402
-from labkit import adapters as ad  # noqa: E402
 from labkit import lora as L  # noqa: E402
 
 _deps.import_bnb()  # peft imports bitsandbytes; import it quietly first
@@ -73,7 +72,7 @@ def test_peft_adapter_loads_in_labkit(base, tmp_path, targets, rslora):
     pm.save_pretrained(tmp_path)
 
     mine = copy.deepcopy(base)
-    rep = ad.load_adapter(mine, tmp_path)
+    rep = L.load_adapter(mine, tmp_path)
     assert len(rep.layers) == len([m for m in pm.modules() if hasattr(m, "lora_A")])
     torch.testing.assert_close(logits(mine), want, **TOL)
 
@@ -87,7 +86,7 @@ def test_labkit_adapter_loads_in_peft(base, tmp_path, targets):
     mine.eval()
     want = logits(mine)
     assert not torch.allclose(want, logits(base), atol=1e-2)
-    ad.save_adapter(mine, tmp_path, task_type="CAUSAL_LM")
+    L.save_adapter(mine, tmp_path, task_type="CAUSAL_LM")
 
     pm = PeftModel.from_pretrained(copy.deepcopy(base), tmp_path).eval()
     assert pm.peft_config["default"].lora_alpha == 16
@@ -103,7 +102,7 @@ def test_trained_biases_travel_both_ways(tmp_path):
         mine = copy.deepcopy(biased)
         L.add_lora(mine, targets, r=2, alpha=4, bias=bias)
         fill_random([p for p in mine.parameters() if p.requires_grad], seed=6)  # incl. biases
-        ad.save_adapter(mine, tmp_path / bias)
+        L.save_adapter(mine, tmp_path / bias)
         pm = PeftModel.from_pretrained(copy.deepcopy(biased), tmp_path / bias).eval()
         torch.testing.assert_close(logits(pm), logits(mine), **TOL)
         pm2 = get_peft_model(copy.deepcopy(biased), LoraConfig(r=2, lora_alpha=4, bias=bias,
@@ -111,7 +110,7 @@ def test_trained_biases_travel_both_ways(tmp_path):
         fill_random([p for p in pm2.parameters() if p.requires_grad], seed=7)
         pm2.save_pretrained(tmp_path / f"peft-{bias}")
         back = copy.deepcopy(biased)
-        ad.load_adapter(back, tmp_path / f"peft-{bias}")
+        L.load_adapter(back, tmp_path / f"peft-{bias}")
         torch.testing.assert_close(logits(back), logits(pm2.eval()), **TOL)
         assert not torch.allclose(logits(back), logits(biased), atol=1e-2)
 
@@ -129,7 +128,7 @@ def test_gpt2_conv1d_fan_in_fan_out(tmp_path):
     with torch.no_grad():
         want = mine(ids).logits
         assert not torch.allclose(want, gpt2(ids).logits, atol=1e-2)
-    ad.save_adapter(mine, tmp_path / "ours")
+    L.save_adapter(mine, tmp_path / "ours")
     assert json.loads((tmp_path / "ours" / "adapter_config.json").read_text())["fan_in_fan_out"]
     pm = PeftModel.from_pretrained(copy.deepcopy(gpt2), tmp_path / "ours").eval()
     with torch.no_grad():
@@ -143,7 +142,7 @@ def test_gpt2_conv1d_fan_in_fan_out(tmp_path):
         torch.testing.assert_close(mine(ids).logits, want, **TOL)
     pm.save_pretrained(tmp_path / "peft")
     back = copy.deepcopy(gpt2)
-    ad.load_adapter(back, tmp_path / "peft")
+    L.load_adapter(back, tmp_path / "peft")
     with torch.no_grad():
         torch.testing.assert_close(back(ids).logits, want, **TOL)
     with pytest.raises(ValueError, match="targets mix GPT-2 Conv1D layers with other layers"):
@@ -160,7 +159,7 @@ def test_param_counts_equal_peft(base):
     with contextlib.redirect_stdout(out):
         pm.print_trainable_parameters()
     assert out.getvalue().strip() == L.param_summary(mine)
-    est = L.count_lora_params(copy.deepcopy(base).to("meta"), ALL7 + ["embed_tokens"], r=8)
+    est = L.planned_adapter_params(copy.deepcopy(base).to("meta"), ALL7 + ["embed_tokens"], r=8)
     assert (est.trainable, est.total) == pm.get_nb_trainable_parameters()
 
 
