@@ -24,7 +24,7 @@ import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 from torch import nn  # noqa: E402
 
-from labkit import _deps, models, qlora, train  # noqa: E402
+from labkit import _api, _deps, models, qlora, train  # noqa: E402
 from labkit import adapters as ad  # noqa: E402
 from labkit import lora as L  # noqa: E402
 from labkit import quant as Q  # noqa: E402
@@ -403,7 +403,7 @@ def test_compute_dtypes_the_device_cannot_do(monkeypatch):
     assert qlora.resolve_compute_dtype(torch.bfloat16, "cpu") == torch.bfloat16
     # a GPU without bf16 (e.g. a T4): fall back to fp16 with a warning (no GPU needed to test)
     monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: False)
-    qlora._said.discard("fp16")
+    _api._said.discard("qlora:fp16")
     with pytest.warns(qlora.QLoRAWarning, match="no bfloat16; computing the 4-bit matmuls in "
                       "float16"):
         assert qlora.resolve_compute_dtype(torch.bfloat16, "cuda") == torch.float16
@@ -448,7 +448,7 @@ def test_backend_choice_and_the_auto_fallback(monkeypatch):
         raise ImportError("no native library")
 
     monkeypatch.setattr(_deps, "import_bnb", broken)
-    qlora._said.discard("backend-import")
+    _api._said.discard("qlora:backend-import")
     with pytest.warns(qlora.QLoRAWarning, match="bitsandbytes is unavailable"):
         assert qlora.resolve_backend("auto", "cpu") == "labkit"
     with warnings.catch_warnings():
