@@ -1,0 +1,57 @@
+"""Exercise checks: run a learner's function on random inputs and say exactly what is wrong.
+
+Each ``check_*`` function takes the learner's function (or value), runs it on several random
+inputs, compares with an independent reference computed here, and, when they differ, tries
+the classic mistakes one by one (a missing scale, a transposed matrix, one moment instead of
+two...) to name the one the learner made. A check never raises on a wrong answer: it prints
+one line and returns a :class:`CheckResult`.
+
+The protocol that ``python -m labkit.classroom check`` reads from executed notebooks is that
+line::
+
+    CHECK <name>: PASS - <message>
+    CHECK <name>: FAIL - <message>
+
+An exercise stub that still raises ``NotImplementedError`` is not caught: the cell fails with
+the stub's own message ("Exercise ...: see the hint above"), so a learner running a student
+notebook stops at the first exercise they have not done. Any other exception from the
+learner's code is caught and reported as a FAIL that quotes it.
+
+The exercises and their checks (tensor shapes follow ``labkit.lora``: ``W`` is ``d x k``,
+``A`` is ``r x k``, ``B`` is ``d x r``, ``x`` is ``(..., k)``):
+
+=========================  =====================================================  ======
+check                      the learner writes                                     lesson
+=========================  =====================================================  ======
+check_lora_forward         ``f(x, W, A, B, alpha, r) -> y``, y = xW^T + (alpha/r) xA^T B^T  02
+check_lora_param_count     ``f(d, k, r) -> int``, r (d + k)                       01, 03
+check_absmax_block         ``f(block, code) -> (codes, absmax)`` for one block    04
+check_absmax_quantize      ``f(x, code, blocksize) -> (codes, absmax)``, all blocks  04
+check_memory_term          ``f(...) -> bytes`` for a named term (see MEMORY_TERMS)  05-07
+check_shard_loss           ``f(logits, labels, n_tokens, world_size) -> loss``,  09
+                           world_size * S_r / N (S_r: the shard's summed token
+                           losses, N: answer tokens of the whole global batch)
+=========================  =====================================================  ======
+
+Modules: ``harness`` (the protocol line, calling the learner's code, reporting), then one
+module per lesson's exercises: ``lesson01_lora`` (parameter count), ``lesson02_lora_layers``
+(LoRA forward), ``lesson04_quantization`` (absmax), ``lesson05_memory_terms`` (bytes of a
+memory term, lessons 05-07), ``lesson09_scaling_out`` (a DDP rank's loss).
+
+Imports: this ``__init__`` imports nothing heavy; the names below load on first use, and
+torch only when a check on tensors runs, so a check of plain arithmetic (a count, a number
+of bytes) runs at once, also where torch is missing. The lesson modules import the harness,
+and ``lesson09_scaling_out`` imports ``labkit.data`` and ``labkit.train`` inside its check.
+"""
+
+from labkit._api import lazy_exports
+
+_EXPORTS = {
+    ".harness": ["CHECK_LINE", "CheckResult", "parse_check_lines"],
+    ".lesson01_lora": ["check_lora_param_count"],
+    ".lesson02_lora_layers": ["check_lora_forward"],
+    ".lesson04_quantization": ["check_absmax_block", "check_absmax_quantize"],
+    ".lesson05_memory_terms": ["MEMORY_TERMS", "check_memory_term"],
+    ".lesson09_scaling_out": ["check_shard_loss"],
+}
+__getattr__, __dir__, __all__ = lazy_exports(__name__, _EXPORTS)
