@@ -110,7 +110,7 @@ def build(contender: str, base: torch.nn.Module, init: dict, compute_dtype, chec
         qlora.quantize_model(m, TARGETS, backend="bnb", compute_dtype=compute_dtype)
         m.is_loaded_in_4bit = True  # as transformers marks it: PEFT uses its bnb layers
         if checkpointing:
-            qlora.enable_gradient_checkpointing(m)
+            models.set_gradient_checkpointing(m)
         m = get_peft_model(m, LoraConfig(r=R, lora_alpha=2 * R, target_modules=TARGETS))
         qlora.disable_cpu_inference_repack(m)
         with torch.no_grad():

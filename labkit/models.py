@@ -36,24 +36,22 @@ Grouped-query attention (GQA, Ainslie et al., 2023): ``n_kv_heads`` key/value he
 shared by groups of ``n_heads // n_kv_heads`` query heads; ``n_kv_heads == n_heads`` is
 ordinary multi-head attention (LLaMA-1, LLaMA-2 7B/13B).
 
-Configs of real models live in :data:`CONFIGS`. :func:`build` with ``device="meta"``
-creates their modules without allocating memory, so :func:`count_params` gives exact
-parameter counts (e.g. 6,738,415,616 for LLaMA-2 7B) from the architecture itself.
+Configs of real models live in :mod:`labkit.configs` (re-exported here). :func:`build`
+with ``device="meta"`` creates their modules without allocating memory, so
+:func:`labkit.lora.config_params` gives exact parameter counts (e.g. 6,738,415,616 for
+LLaMA-2 7B) from the architecture itself. :func:`set_gradient_checkpointing` is labkit's one
+gradient-checkpointing switch. The shipped pretrained model is loaded by
+:func:`load_pretrained` (in :mod:`labkit.pretrained`, re-exported here).
 
-The shipped pretrained model (:func:`load_pretrained`) is ``labkit/checkpoints/
-tiny-reverse.safetensors``, produced by ``scripts/pretrain.py``.
+Imports: torch, labkit.configs, labkit._api.
 """
 
 from __future__ import annotations
 
 import contextlib
-import dataclasses
-import hashlib
-import json
+import functools
 import math
-from dataclasses import dataclass
 from pathlib import Path
-from typing import NamedTuple
 
 from labkit import _deps  # noqa: F401  (one clear line when torch is missing)
 
@@ -63,135 +61,12 @@ import torch.nn as nn
 import torch.nn.functional as F
 import torch.utils.checkpoint
 
+# Configs are plain data in their own module; lessons call them as models.get_config(...).
+from labkit._api import lazy_exports
+from labkit.configs import CONFIGS, ModelConfig, get_config  # noqa: F401  (re-exported)
+
 CHECKPOINT_DIR = Path(__file__).resolve().parent / "checkpoints"
 DEFAULT_PRETRAINED = "tiny-reverse"
-
-
-# --------------------------------------------------------------------------- config
-
-
-@dataclass(frozen=True)
-class ModelConfig:
-    """The shape of a LLaMA-style decoder.
-
-    Attributes:
-        vocab_size: number of tokens V.
-        hidden_size: model width d (the residual stream).
-        intermediate_size: SwiGLU hidden width f (gate/up project d -> f, down f -> d).
-        n_layers: number of transformer blocks L.
-        n_heads: query heads H; ``head_dim = hidden_size // n_heads``.
-        n_kv_heads: key/value heads (GQA); ``None`` means ``n_heads`` (plain MHA).
-        max_seq_len: longest sequence the rotary tables cover.
-        rope_theta: rotary base (10,000 in LLaMA-1/2, 500,000 in Llama-3).
-        norm_eps: RMSNorm epsilon.
-        tie_embeddings: share the input embedding with the output head.
-        name: a label, not used by the maths.
-    """
-
-    vocab_size: int
-    hidden_size: int
-    intermediate_size: int
-    n_layers: int
-    n_heads: int
-    n_kv_heads: int | None = None
-    max_seq_len: int = 2048
-    rope_theta: float = 10000.0
-    norm_eps: float = 1e-5
-    tie_embeddings: bool = False
-    name: str = "custom"
-
-    def __post_init__(self) -> None:
-        if self.n_kv_heads is None:
-            object.__setattr__(self, "n_kv_heads", self.n_heads)
-        for f in ("vocab_size", "hidden_size", "intermediate_size", "n_layers", "n_heads",
-                  "n_kv_heads", "max_seq_len"):
-            v = getattr(self, f)
-            if not isinstance(v, int) or isinstance(v, bool) or v < 1:
-                raise ValueError(f"ModelConfig.{f} must be a positive int, got {v!r}")
-        if self.hidden_size % self.n_heads:
-            raise ValueError(
-                f"hidden_size {self.hidden_size} is not divisible by n_heads {self.n_heads}; "
-                "pick n_heads that divides it (head_dim = hidden_size // n_heads)"
-            )
-        if self.n_heads % self.n_kv_heads:
-            raise ValueError(
-                f"n_heads {self.n_heads} is not a multiple of n_kv_heads {self.n_kv_heads}; "
-                "in grouped-query attention each k/v head serves a whole group of query heads"
-            )
-        if self.head_dim % 2:
-            raise ValueError(f"head_dim {self.head_dim} must be even for rotary embeddings")
-
-    @property
-    def head_dim(self) -> int:
-        return self.hidden_size // self.n_heads
-
-    @property
-    def kv_dim(self) -> int:
-        """Output width of ``k_proj`` and ``v_proj``: ``n_kv_heads * head_dim``."""
-        return self.n_kv_heads * self.head_dim
-
-    def to_dict(self) -> dict:
-        return dataclasses.asdict(self)
-
-    @classmethod
-    def from_dict(cls, d: dict) -> ModelConfig:
-        """Inverse of :meth:`to_dict`; unknown keys are an error, not ignored."""
-        known = {f.name for f in dataclasses.fields(cls)}
-        extra = sorted(set(d) - known)
-        if extra:
-            raise ValueError(f"unknown ModelConfig keys {extra}; known keys: {sorted(known)}")
-        return cls(**d)
-
-    def replace(self, **changes) -> ModelConfig:
-        return dataclasses.replace(self, **changes)
-
-
-#: Configs of published models (from their papers / config.json files) plus the course's
-#: own tiny model. All linear widths are multiples of 64 (4-bit blocks of 64 fit exactly).
-CONFIGS: dict[str, ModelConfig] = {
-    c.name: c
-    for c in [
-        # The course model: 328,320 parameters, 1.3 MB in fp32.
-        ModelConfig(128, 128, 256, 2, 4, 2, max_seq_len=32, name="tiny"),
-        ModelConfig(32000, 4096, 11008, 32, 32, 32, max_seq_len=4096, norm_eps=1e-5,
-                    name="llama-2-7b"),
-        ModelConfig(32000, 5120, 13824, 40, 40, 40, max_seq_len=4096, name="llama-2-13b"),
-        ModelConfig(32000, 8192, 28672, 80, 64, 8, max_seq_len=4096, name="llama-2-70b"),
-        ModelConfig(32000, 4096, 11008, 32, 32, 32, max_seq_len=2048, norm_eps=1e-6,
-                    name="llama-1-7b"),
-        ModelConfig(32000, 5120, 13824, 40, 40, 40, max_seq_len=2048, norm_eps=1e-6,
-                    name="llama-1-13b"),
-        ModelConfig(32000, 6656, 17920, 60, 52, 52, max_seq_len=2048, norm_eps=1e-6,
-                    name="llama-1-33b"),
-        ModelConfig(32000, 8192, 22016, 80, 64, 64, max_seq_len=2048, norm_eps=1e-6,
-                    name="llama-1-65b"),
-        ModelConfig(128256, 4096, 14336, 32, 32, 8, max_seq_len=8192, rope_theta=500000.0,
-                    name="llama-3-8b"),
-        ModelConfig(128256, 8192, 28672, 80, 64, 8, max_seq_len=8192, rope_theta=500000.0,
-                    name="llama-3-70b"),
-        ModelConfig(128256, 2048, 8192, 16, 32, 8, max_seq_len=8192, rope_theta=500000.0,
-                    tie_embeddings=True, name="llama-3.2-1b"),
-        ModelConfig(32000, 4096, 14336, 32, 32, 8, max_seq_len=8192, rope_theta=10000.0,
-                    name="mistral-7b"),
-        ModelConfig(32000, 2048, 5632, 22, 32, 4, max_seq_len=2048, name="tinyllama-1.1b"),
-    ]
-}
-
-
-def get_config(name: str | ModelConfig) -> ModelConfig:
-    """The registered config called ``name`` (a ``ModelConfig`` passes through).
-
-    Raises:
-        ValueError: unknown name; the message lists the known ones.
-    """
-    if isinstance(name, ModelConfig):
-        return name
-    try:
-        return CONFIGS[name]
-    except (KeyError, TypeError):
-        raise ValueError(
-            f"unknown model config {name!r}; known configs: {', '.join(sorted(CONFIGS))}"
-        ) from None
 
 
 # --------------------------------------------------------------------------- modules
@@ -428,94 +303,61 @@ def _build_low_precision(cfg: ModelConfig, device: torch.device, dtype: torch.dt
     return model
 
 
-def count_params(config: str | ModelConfig) -> int:
-    """Exact parameter count of a config, by building it on the meta device and summing."""
-    model = build(config, device="meta")
-    return sum(p.numel() for p in model.parameters())
 
+def set_gradient_checkpointing(model: nn.Module, enabled: bool = True, blocks: str = "layers"
+                               ) -> int:
+    """labkit's one gradient-checkpointing switch: recompute each block in backward.
 
-# --------------------------------------------------------------------------- checkpoints
+    With it on, each transformer block keeps only its input for backward and recomputes its
+    own activations there (Chen et al., 2016): activation memory drops from
+    O(layers x block activations) to O(layers x one tensor + one block), for about one extra
+    forward of compute; gradients are the same. Non-reentrant ``torch.utils.checkpoint``, so
+    it works with a frozen input and with saved-tensor hooks; active only while training
+    with gradients enabled.
 
-
-def sha256_file(path: str | Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
-class Pretrained(NamedTuple):
-    """What :func:`load_pretrained` returns; unpacks as ``model, tokenizer, card``."""
-
-    model: LlamaLM
-    tokenizer: object  # labkit.data.Tokenizer
-    card: dict
-
-
-def save_checkpoint(model: LlamaLM, path: str | Path) -> str:
-    """Save weights as safetensors (config in the header metadata); returns the sha256."""
-    from safetensors.torch import save_file
-
-    state = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
-    save_file(state, str(path), metadata={"config": json.dumps(model.config.to_dict())})
-    return sha256_file(path)
-
-
-def load_pretrained(name: str = DEFAULT_PRETRAINED, directory: str | Path | None = None,
-                    device: str | torch.device = "cpu", dtype: torch.dtype | None = None
-                    ) -> Pretrained:
-    """Load the course's pretrained model and check it is the one its card describes.
-
-    Reads ``<directory>/<name>.json`` (the card: config, tasks, metrics, sha256) and
-    ``<directory>/<name>.safetensors``; verifies the file's sha256 against the card and
-    the tensors' names and shapes against the card's config.
-
-    Args:
-        name: checkpoint name (default ``"tiny-reverse"``).
-        directory: where the files are; default ``labkit/checkpoints``.
-        device, dtype: where and in which dtype to put the model.
+    A labkit :class:`LlamaLM` anywhere in ``model`` (also inside a PEFT wrapper) gets its
+    ``gradient_checkpointing`` flag set. Any other model has the forward of every block in
+    its ``nn.ModuleList`` called ``blocks`` wrapped once; ``enabled`` then toggles the wraps.
 
     Returns:
-        ``Pretrained(model, tokenizer, card)``, the model in eval mode.
+        The number of blocks checkpointed (0 when switched off).
 
     Raises:
-        FileNotFoundError: no such checkpoint (lists the ones present).
-        ValueError: the hash or the config does not match the card.
+        ValueError: neither a LlamaLM nor an ``nn.ModuleList`` called ``blocks``.
     """
-    from safetensors.torch import load_file
+    ours = [m for m in model.modules() if isinstance(m, LlamaLM)]
+    for m in ours:
+        m.gradient_checkpointing = bool(enabled)
+    if ours:
+        return sum(len(m.layers) for m in ours) if enabled else 0
+    lists = [m for n, m in model.named_modules()
+             if isinstance(m, nn.ModuleList) and n.rsplit(".", 1)[-1] == blocks]
+    if not lists:
+        have = sorted({n.rsplit(".", 1)[-1] for n, m in model.named_modules()
+                       if isinstance(m, nn.ModuleList)})
+        raise ValueError(f"no labkit LlamaLM and no nn.ModuleList called {blocks!r} to "
+                         f"checkpoint; the model has {have or 'none'}")
+    n = 0
+    for block in (b for blist in lists for b in blist):
+        if not hasattr(block, "_labkit_checkpoint"):
+            inner = block.forward
 
-    from labkit import data
+            @functools.wraps(inner)
+            def forward(*args, _inner=inner, _block=block, **kwargs):
+                if _block._labkit_checkpoint and _block.training and torch.is_grad_enabled():
+                    return torch.utils.checkpoint.checkpoint(_inner, *args, use_reentrant=False,
+                                                             **kwargs)
+                return _inner(*args, **kwargs)
 
-    directory = Path(directory) if directory is not None else CHECKPOINT_DIR
-    card_path, st_path = directory / f"{name}.json", directory / f"{name}.safetensors"
-    if not card_path.exists() or not st_path.exists():
-        have = sorted(p.stem for p in directory.glob("*.safetensors"))
-        raise FileNotFoundError(
-            f"no checkpoint {name!r} in {directory} (need {name}.json and {name}.safetensors); "
-            f"present: {have or 'none'}. Create it with `python scripts/pretrain.py`."
-        )
-    card = json.loads(card_path.read_text())
-    digest = sha256_file(st_path)
-    if digest != card.get("sha256"):
-        raise ValueError(
-            f"checkpoint {st_path} does not match its card: sha256 is {digest}, the card "
-            f"{card_path.name} says {card.get('sha256')}. The file is corrupt or was changed; "
-            "restore it (git checkout) or re-run `python scripts/pretrain.py`."
-        )
-    cfg = ModelConfig.from_dict(card["config"])
-    model = build(cfg, device="cpu")
-    state = load_file(str(st_path))
-    expected = {k: tuple(v.shape) for k, v in model.state_dict().items()}
-    got = {k: tuple(v.shape) for k, v in state.items()}
-    if expected != got:
-        diffs = [f"{k}: card config wants {expected.get(k)}, file has {got.get(k)}"
-                 for k in sorted(set(expected) | set(got)) if expected.get(k) != got.get(k)]
-        raise ValueError(
-            f"checkpoint {st_path.name} does not fit the config in {card_path.name} "
-            f"({len(diffs)} tensors differ): " + "; ".join(diffs[:5])
-            + ". Card and weights come from different runs; re-run `python scripts/pretrain.py`."
-        )
-    model.load_state_dict(state)
-    model.to(device=device, dtype=dtype).eval()
-    return Pretrained(model, data.Tokenizer(), card)
+            block.forward = forward
+        block._labkit_checkpoint = bool(enabled)
+        n += bool(enabled)
+    return n
+
+# The checkpoint files live in labkit.pretrained (which imports this module); renamed names
+# keep a deprecated alias. See labkit._api.
+_EXPORTS = {"labkit.pretrained": ["Pretrained", "load_pretrained", "save_pretrained",
+                                  "sha256_file"]}
+_DEPRECATED = {"count_params": "labkit.lora.config_params",
+               "save_checkpoint": "labkit.models.save_pretrained"}
+__getattr__, __dir__, _lazy_all = lazy_exports(__name__, _EXPORTS, _DEPRECATED)

@@ -125,13 +125,13 @@ def test_estimate_under_autocast_counts_what_autocast_saves(targets, method, ckp
         memory.estimate(cfg, "full", 4, 20, weight_dtype="bf16", autocast=True)
 
 
-def test_measure_sees_qlora_checkpointing_wrapper():
-    """labkit.qlora.enable_gradient_checkpointing wraps each block's forward instead of
-    setting the model flag; measure() notices it and still counts one block's recompute."""
+def test_measure_sees_prepare_qlora_checkpointing():
+    """prepare_qlora(gradient_checkpointing=True) flips the model's one switch
+    (models.set_gradient_checkpointing); measure() counts one block's recompute."""
     m = models.load_pretrained().model
     qlora.prepare_qlora(m, TARGETS["qlora"], r=4, alpha=8, compute_dtype=torch.float32,
                         backend="bnb", gradient_checkpointing=True)
-    assert m.gradient_checkpointing is False
+    assert m.gradient_checkpointing is True
     batch = _batch("pretrained")
     meas = memory.measure(m, batch)
     est = memory.estimate(m.config, "qlora", *batch[0].shape, compute_dtype="fp32", r=4,

@@ -353,8 +353,39 @@ def test_gradient_checkpointing_gives_the_same_gradients(pretrained, ids):
     torch.testing.assert_close(yb, ya, **EXACT)
     for k in ga:
         torch.testing.assert_close(gb[k], ga[k], rtol=1e-6, atol=1e-7)
+    assert b.gradient_checkpointing is True  # the model's one switch
+
+
+def test_checkpointing_switch_wraps_a_foreign_model_and_toggles():
+    """A model that is not labkit's LlamaLM gets each block wrapped; the switch toggles it,
+    and the gradients stay the same."""
+    torch.manual_seed(0)
+    net = torch.nn.Module()
+    net.layers = torch.nn.ModuleList(torch.nn.Sequential(torch.nn.Linear(8, 8), torch.nn.Tanh())
+                                     for _ in range(3))
+    x = torch.randn(4, 8, requires_grad=True)
+
+    def grads():
+        x.grad = None
+        y = x
+        for layer in net.layers:
+            y = layer(y)
+        y.square().sum().backward()
+        return x.grad.clone()
+
+    plain = grads()
+    assert models.set_gradient_checkpointing(net) == 3
+    with torch.autograd.graph.saved_tensors_hooks(lambda t: saved.append(t) or t, lambda t: t):
+        saved: list = []
+        torch.testing.assert_close(grads(), plain)
+    on = len(saved)
+    assert models.set_gradient_checkpointing(net, enabled=False) == 0
+    with torch.autograd.graph.saved_tensors_hooks(lambda t: saved.append(t) or t, lambda t: t):
+        saved = []
+        torch.testing.assert_close(grads(), plain)
+    assert on < len(saved)  # checkpointed blocks saved only their inputs
     with pytest.raises(ValueError, match="no nn.ModuleList called 'blocks'"):
-        qlora.enable_gradient_checkpointing(b, blocks="blocks")
+        models.set_gradient_checkpointing(net, blocks="blocks")
 
 
 def test_bnb_optimizers_fall_back_on_the_cpu_saying_so_once(pretrained):

@@ -221,7 +221,7 @@ def measure(model: nn.Module, batch, optimizer="adamw", *, lr: float = 1e-3,
             raise ValueError(f"{type(model).__name__} has no gradient_checkpointing switch")
         model.gradient_checkpointing = gradient_checkpointing
     ckpt = bool(getattr(model, "gradient_checkpointing", False)) or any(
-        getattr(m, "_checkpointed", False) for m in model.modules())  # qlora's wrapper
+        getattr(m, "_labkit_checkpoint", False) for m in model.modules())  # a wrapped block
 
     out = MemoryBreakdown(label="measured")
     out.weights, out.weights_by_dtype = weight_bytes(model)

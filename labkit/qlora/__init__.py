@@ -46,11 +46,12 @@ _EXPORTS = {
     ],
     ".prepare": [
         "quantize_model", "prepare_qlora", "KeptLayer", "QuantReport", "QLoRAReport",
-        "layer_nbytes", "base_weight_nbytes", "enable_gradient_checkpointing",
+        "layer_nbytes", "base_weight_nbytes",
     ],
     ".merge": [
         "QLoRALinear", "merge_qlora", "unmerge_qlora", "MergeRow", "MergeReport",
         "merged_16bit_state_dict", "save_merged_16bit",
     ],
 }
-__getattr__, __dir__, __all__ = lazy_exports(__name__, _EXPORTS)
+_DEPRECATED = {"enable_gradient_checkpointing": "labkit.models.set_gradient_checkpointing"}
+__getattr__, __dir__, __all__ = lazy_exports(__name__, _EXPORTS, _DEPRECATED)

@@ -5,8 +5,8 @@ back end, :mod:`labkit.qlora.linear4bit`) and reports what it did (:class:`Quant
 the layers, bytes before and after, and what stays in higher precision and why, as
 :class:`KeptLayer` rows). :func:`prepare_qlora` does that and adds LoRA adapters on the same
 targets (:class:`QLoRAReport`). The byte counts of 4-bit layers (:func:`layer_nbytes`,
-:func:`base_weight_nbytes`) and the gradient-checkpointing switch
-(:func:`enable_gradient_checkpointing`) live here too.
+:func:`base_weight_nbytes`) live here too; gradient checkpointing is the model's own switch,
+:func:`labkit.models.set_gradient_checkpointing`.
 
 Imports from labkit: :mod:`labkit.qlora.linear4bit` (the 4-bit layers),
 :mod:`labkit.qlora.merge` (the QLoRA layer class the adapters are switched to),
@@ -15,7 +15,6 @@ Imports from labkit: :mod:`labkit.qlora.linear4bit` (the 4-bit layers),
 
 from __future__ import annotations
 
-import functools
 from dataclasses import dataclass, field
 
 from labkit import _deps  # noqa: F401  (one clear line when torch is missing)
@@ -23,7 +22,6 @@ from labkit import _deps  # noqa: F401  (one clear line when torch is missing)
 # isort: split
 import torch
 from torch import nn
-from torch.utils.checkpoint import checkpoint
 
 from labkit.lora import (
     LoRAEmbedding,
@@ -33,6 +31,7 @@ from labkit.lora import (
     add_lora,
     find_targets,
 )
+from labkit.models import set_gradient_checkpointing
 from labkit.qlora.linear4bit import (
     Linear4bit,
     _is_bnb_4bit,
@@ -284,7 +283,7 @@ def prepare_qlora(model: nn.Module, targets, *, r: int = 8, alpha: float = 16,
     2. :func:`labkit.lora.add_lora` on the same targets: float32 adapters ``A`` and ``B``,
        the only parameters that train.
     3. Optionally, gradient checkpointing of the transformer blocks
-       (:func:`enable_gradient_checkpointing`).
+       (:func:`labkit.models.set_gradient_checkpointing`).
 
     Train it with :func:`labkit.train.train` as any LoRA model (``optimizer="paged_adamw"``
     on a GPU); save the adapters with :func:`labkit.adapters.save_adapter` (PEFT's format).
@@ -303,51 +302,9 @@ def prepare_qlora(model: nn.Module, targets, *, r: int = 8, alpha: float = 16,
                     adapter_name=adapter_name)
     _as_qlora(model)
     if gradient_checkpointing:
-        enable_gradient_checkpointing(model)
+        set_gradient_checkpointing(model)
     return QLoRAReport(qrep, lrep, gradient_checkpointing)
 
 
 
 # --------------------------------------------------------------------------- memory savers
-
-
-def enable_gradient_checkpointing(model: nn.Module, blocks: str = "layers") -> int:
-    """Recompute each transformer block's activations in backward instead of storing them.
-
-    Wraps the forward of every module in the ``nn.ModuleList`` called ``blocks``
-    (``model.layers`` in labkit's and LLaMA's models) with
-    ``torch.utils.checkpoint.checkpoint`` (non-reentrant). Only the block inputs are kept:
-    activation memory drops from O(layers x block activations) to O(layers x one tensor
-    + one block), at the price of a second forward pass per block in backward (about a
-    third more compute). Active only while training with gradients enabled.
-
-    Returns:
-        The number of blocks wrapped.
-
-    Raises:
-        ValueError: no ``nn.ModuleList`` called ``blocks`` in the model.
-    """
-    lists = [m for n, m in model.named_modules()
-             if isinstance(m, nn.ModuleList) and n.rsplit(".", 1)[-1] == blocks]
-    if not lists:
-        have = sorted({n.rsplit(".", 1)[-1] for n, m in model.named_modules()
-                       if isinstance(m, nn.ModuleList)})
-        raise ValueError(f"no nn.ModuleList called {blocks!r} to checkpoint; the model has "
-                         f"{have or 'none'}")
-    n = 0
-    for blist in lists:
-        for block in blist:
-            if getattr(block, "_checkpointed", False):
-                continue
-            inner = block.forward
-
-            @functools.wraps(inner)
-            def forward(*args, _inner=inner, _block=block, **kwargs):
-                if _block.training and torch.is_grad_enabled():
-                    return checkpoint(_inner, *args, use_reentrant=False, **kwargs)
-                return _inner(*args, **kwargs)
-
-            block.forward = forward
-            block._checkpointed = True
-            n += 1
-    return n
