@@ -76,6 +76,62 @@ def test_custom_and_registered_optimizers():
         del train.OPTIMIZERS["test-sgd"]
 
 
+def test_a_factory_that_declares_named_params_gets_the_names_too():
+    """New-style factories see (name, parameter) pairs, e.g. to tell LoRA's A from B."""
+    seen = {}
+
+    def by_name(params, lr, weight_decay, named_params):
+        seen["params"], seen["named"] = params, named_params
+        b = [p for n, p in named_params if "v_proj" in n]
+        rest = [p for n, p in named_params if "v_proj" not in n]
+        return torch.optim.AdamW([{"params": rest}, {"params": b, "weight_decay": 0.5}],
+                                 lr=lr, weight_decay=weight_decay)
+
+    model = small_model()
+    model.embed_tokens.weight.requires_grad_(False)
+    opt = train.make_optimizer(model, by_name, lr=1e-3)
+    want = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
+    assert [n for n, _ in seen["named"]] == [n for n, _ in want]
+    assert all(p is q for (_, p), (_, q) in zip(seen["named"], want, strict=True))
+    assert [id(p) for p in seen["params"]] == [id(p) for _, p in want]  # same order
+    assert [g["weight_decay"] for g in opt.param_groups] == [0.0, 0.5]
+    assert {id(p) for p in opt.param_groups[1]["params"]} == {
+        id(p) for n, p in want if "v_proj" in n}
+
+    # keyword-only works too, and registered by name through train()
+    def kw_only(params, *, lr, weight_decay, named_params):
+        seen["kw"] = len(named_params)
+        return torch.optim.SGD(params, lr=lr)
+
+    train.register_optimizer("test-named", kw_only)
+    try:
+        train.train(model, "reverse", steps=1, batch_size=4, eval_n=4, optimizer="test-named",
+                    progress=False)
+    finally:
+        del train.OPTIMIZERS["test-named"]
+    assert seen["kw"] == len(want)
+
+
+def test_old_style_factories_get_no_names():
+    """factory(params, lr, weight_decay), and one forwarding **kwargs, are called as before."""
+    calls = []
+
+    def old(params, lr, weight_decay):
+        calls.append("old")
+        return torch.optim.SGD(params, lr=lr, weight_decay=weight_decay)
+
+    def forwards(params, **kwargs):  # would fail if it were handed named_params=
+        calls.append(sorted(kwargs))
+        return torch.optim.AdamW(params, **kwargs)
+
+    model = small_model()
+    assert isinstance(train.make_optimizer(model, old, lr=1e-2), torch.optim.SGD)
+    assert isinstance(train.make_optimizer(model, forwards, lr=1e-2), torch.optim.AdamW)
+    assert calls == ["old", ["lr", "weight_decay"]]
+    assert not train._takes_names(old) and not train._takes_names(forwards)
+    assert not train._takes_names(torch.optim.AdamW)  # a class: params, lr, ... no names
+
+
 def test_bad_input_errors():
     model = small_model()
     with pytest.raises(ValueError, match="unknown optimizer 'adam'; known: adamw, sgd"):
