@@ -390,7 +390,7 @@ def test_checkpointing_switch_wraps_a_foreign_model_and_toggles():
 
 def test_bnb_optimizers_fall_back_on_the_cpu_saying_so_once(pretrained):
     m, _ = qmodel(pretrained, "labkit")
-    train._SAID_FALLBACK.discard("paged_adamw")
+    _api._said.discard("train:cpu-fallback:paged_adamw")
     with pytest.warns(UserWarning, match="'paged_adamw' needs a CUDA GPU"):
         opt = train.make_optimizer(m, "paged_adamw", lr=1e-3)
     assert type(opt) is torch.optim.AdamW

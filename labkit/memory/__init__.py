@@ -33,7 +33,7 @@ This ``__init__`` re-exports their names lazily and imports no torch itself.
 from labkit._api import lazy_exports
 
 _EXPORTS = {
-    ".breakdown": ["COMPONENTS", "METHODS", "OPTIMIZERS", "BLOCK_LINEARS", "FLOAT_DTYPES",
+    ".breakdown": ["COMPONENTS", "METHODS", "ESTIMATED_OPTIMIZERS", "BLOCK_LINEARS", "FLOAT_DTYPES",
                    "GB", "MB", "GiB", "MemoryBreakdown", "fits", "dominant", "bytes_per_param"],
     ".measurement": ["weight_bytes", "model_storages", "SavedTensorCounter", "optimizer_bytes",
                      "measure", "_storage_key"],
@@ -41,4 +41,7 @@ _EXPORTS = {
     ".estimation": ["QUANT_DTYPES", "ADAM8BIT_BLOCKSIZE", "ADAM8BIT_MIN_SIZE", "estimate",
                     "base_weight_bytes"],
 }
-__getattr__, __dir__, __all__ = lazy_exports(__name__, _EXPORTS)
+# memory.OPTIMIZERS named the optimizers the estimate models; labkit.train.OPTIMIZERS is the
+# one registry of optimizers, so this tuple has a name of its own now.
+_DEPRECATED = {"OPTIMIZERS": "labkit.memory.ESTIMATED_OPTIMIZERS"}
+__getattr__, __dir__, __all__ = lazy_exports(__name__, _EXPORTS, _DEPRECATED)

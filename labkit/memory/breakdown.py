@@ -35,7 +35,7 @@ from labkit import models
 #: The four components of the stacked bars, in drawing order.
 COMPONENTS = ("weights", "gradients", "optimizer", "activations")
 METHODS = ("full", "lora", "qlora")
-OPTIMIZERS = ("sgd", "sgd_momentum", "adamw", "paged_adamw", "adamw8bit")
+ESTIMATED_OPTIMIZERS = ("sgd", "sgd_momentum", "adamw", "paged_adamw", "adamw8bit")
 #: The linear layers of a block, by name: LoRA / QLoRA targets the estimator understands.
 BLOCK_LINEARS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
 FLOAT_DTYPES = {

@@ -47,9 +47,9 @@ from labkit import models, quant
 from labkit.memory.activations import activation_terms
 from labkit.memory.breakdown import (
     BLOCK_LINEARS,
+    ESTIMATED_OPTIMIZERS,
     FLOAT_DTYPES,
     METHODS,
-    OPTIMIZERS,
     MemoryBreakdown,
     _dtype,
     _get_config,
@@ -95,7 +95,7 @@ def estimate(config, method: str = "full", batch: int = 1, seq_len: int = 512, *
         compute_dtype: dtype of activations; full / LoRA: must equal ``weight_dtype``
             (default). QLoRA: also the dtype of embeddings, norms and head (default bf16).
         adapter_dtype: dtype of the LoRA adapters (labkit and PEFT default: fp32).
-        optimizer: one of :data:`OPTIMIZERS` (conventions in the module docstring).
+        optimizer: one of :data:`ESTIMATED_OPTIMIZERS` (conventions in the module docstring).
         state_dtype: dtype of AdamW / momentum state; default: the parameter's own
             (``torch.optim`` behaviour). ``"fp32"`` for fp32 moments under 16-bit weights.
         master_weights: add an fp32 copy of every trainable parameter (mixed precision).
@@ -117,8 +117,8 @@ def estimate(config, method: str = "full", batch: int = 1, seq_len: int = 512, *
     cfg = _get_config(config)
     if method not in METHODS:
         raise ValueError(f"unknown method {method!r}; use one of {', '.join(METHODS)}")
-    if optimizer not in OPTIMIZERS:
-        raise ValueError(f"unknown optimizer {optimizer!r}; use one of {', '.join(OPTIMIZERS)}")
+    if optimizer not in ESTIMATED_OPTIMIZERS:
+        raise ValueError(f"unknown optimizer {optimizer!r}; use one of {', '.join(ESTIMATED_OPTIMIZERS)}")
     _positive_int("batch", batch)
     _positive_int("seq_len", seq_len)
     if method == "qlora":

@@ -15,15 +15,13 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable
 
-from labkit import _deps  # one clear line when torch is missing; bitsandbytes' optimizers
-
 # isort: split
 import torch
 import torch.nn as nn
 
-from labkit.memory.breakdown import OPTIMIZERS, MemoryBreakdown
+from labkit.memory.breakdown import MemoryBreakdown
 from labkit.models import Block
-from labkit.train import lm_loss
+from labkit.train import lm_loss, make_optimizer
 
 # --------------------------------------------------------------------------- storages and weights
 
@@ -137,29 +135,6 @@ class SavedTensorCounter:
 # --------------------------------------------------------------------------- optimizer state
 
 
-def _resolve_optimizer(optimizer, params: list, lr: float) -> torch.optim.Optimizer:
-    if isinstance(optimizer, torch.optim.Optimizer):
-        return optimizer
-    if callable(optimizer) and not isinstance(optimizer, str):
-        return optimizer(params, lr=lr, weight_decay=0.0)
-    if optimizer == "sgd":
-        return torch.optim.SGD(params, lr=lr)
-    if optimizer == "sgd_momentum":
-        return torch.optim.SGD(params, lr=lr, momentum=0.9)
-    if optimizer == "adamw":
-        return torch.optim.AdamW(params, lr=lr, weight_decay=0.0)
-    if optimizer in ("paged_adamw", "adamw8bit"):
-        # bitsandbytes' own classes, even on a CPU (where labkit.train falls back to torch's
-        # AdamW): the point is to count *their* state. Paging itself needs CUDA; on a CPU
-        # bitsandbytes warns and keeps the same fp32 state unpaged.
-        bnb = _deps.import_bnb()
-        cls = bnb.optim.PagedAdamW if optimizer == "paged_adamw" else bnb.optim.AdamW8bit
-        return cls(params, lr=lr, weight_decay=0.0)
-    raise ValueError(
-        f"unknown optimizer {optimizer!r}; known: {', '.join(OPTIMIZERS)} "
-        "(or pass a torch.optim.Optimizer, or a factory(params, lr=, weight_decay=))")
-
-
 def optimizer_bytes(opt: torch.optim.Optimizer) -> int:
     """Bytes of the distinct tensors in ``opt.state`` (moments, step counters, 8-bit maps)."""
     seen, n = set(), 0
@@ -194,7 +169,7 @@ def measure(model: nn.Module, batch, optimizer="adamw", *, lr: float = 1e-3,
         model: a :class:`labkit.models.LlamaLM` (full, with LoRA, or with a 4-bit base);
             any causal LM works for everything but ``recompute``.
         batch: ``(input_ids, labels)``, both (B, T) int64, as ``Task.batch`` returns them.
-        optimizer: a name in :data:`OPTIMIZERS` (``"sgd"`` is plain SGD, no momentum),
+        optimizer: a name in :data:`labkit.train.OPTIMIZERS` (``"sgd"`` is plain SGD),
             a ``torch.optim.Optimizer`` over the trainable parameters, or a factory.
         lr: learning rate of the step.
         gradient_checkpointing: set ``model.gradient_checkpointing`` for this step
@@ -213,7 +188,9 @@ def measure(model: nn.Module, batch, optimizer="adamw", *, lr: float = 1e-3,
         raise ValueError("the model has no trainable parameters: unfreeze some or add LoRA")
     device = params[0].device
     ids, labels = ids.to(device), labels.to(device)
-    opt = _resolve_optimizer(optimizer, params, lr)
+    # the one optimizer registry (labkit.train); bitsandbytes' own classes even on a CPU
+    opt = (optimizer if isinstance(optimizer, torch.optim.Optimizer) else
+           make_optimizer(model, optimizer, lr=lr, weight_decay=0.0, cpu_fallback=False))
     loss_fn = loss_fn or _default_loss
     old_ckpt = getattr(model, "gradient_checkpointing", None)
     if gradient_checkpointing is not None:

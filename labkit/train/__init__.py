@@ -22,7 +22,7 @@ _EXPORTS = {
               "get_task"],  # labkit.data's, reached as train.get_task by lesson 02
     ".optimizers": ["OPTIMIZERS", "OptimizerFactory", "register_optimizer", "make_optimizer",
                     "trainable_parameters", "_named_trainable", "_adamw", "_sgd",
-                    "_bnb_optimizer", "_SAID_FALLBACK", "_takes_names"],
+                    "_bnb_optimizer", "_takes_names"],
     ".evaluation": ["EVAL_SEED", "History", "lm_loss", "evaluate", "_autocast", "_safe_decode"],
     ".checkpoint": ["CKPT_TENSORS", "CKPT_JSON", "save_checkpoint", "load_checkpoint",
                     "_fingerprint", "_rng_states", "_split_optimizer_state",

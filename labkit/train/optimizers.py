@@ -4,7 +4,7 @@ parameters.
 Only parameters with ``requires_grad=True`` reach the optimizer, so a LoRA model whose base
 is frozen trains its adapters only, and the optimizer holds state for them alone.
 Optimizers are chosen by name from :data:`OPTIMIZERS` (``"adamw"``, ``"sgd"``,
-``"paged_adamw"``, ``"adamw8bit"``; add more with :func:`register_optimizer`) or passed to
+``"sgd_momentum"``, ``"paged_adamw"``, ``"adamw8bit"``; add more with :func:`register_optimizer`) or passed to
 :func:`make_optimizer` / :func:`labkit.train.train` as a factory. A factory is called in one
 of two ways, chosen by its signature:
 
@@ -34,13 +34,14 @@ Imports: torch, and :mod:`labkit._deps` (bitsandbytes on first use of a bnb opti
 from __future__ import annotations
 
 import inspect
-import warnings
 from collections.abc import Callable
 
 from labkit import _deps  # noqa: F401  (one clear line when torch is missing)
 
 # isort: split
 import torch
+
+from labkit._api import warn_once
 
 OptimizerFactory = Callable[..., torch.optim.Optimizer]
 
@@ -50,18 +51,22 @@ def _adamw(params, lr: float, weight_decay: float) -> torch.optim.Optimizer:
 
 
 def _sgd(params, lr: float, weight_decay: float) -> torch.optim.Optimizer:
+    return torch.optim.SGD(params, lr=lr, weight_decay=weight_decay)
+
+
+def _sgd_momentum(params, lr: float, weight_decay: float) -> torch.optim.Optimizer:
     return torch.optim.SGD(params, lr=lr, momentum=0.9, weight_decay=weight_decay)
 
 
 #: Optimizer factories by name: ``factory(params, lr=, weight_decay=) -> Optimizer``, or
-#: with a ``named_params`` parameter also the names (see the module docstring).
-OPTIMIZERS: dict[str, OptimizerFactory] = {"adamw": _adamw, "sgd": _sgd}
+#: with a ``named_params`` parameter also the names (see the module docstring). "sgd" is
+#: torch's plain SGD (no state), "sgd_momentum" keeps one momentum buffer per parameter:
+#: :mod:`labkit.memory` counts their state under the same names.
+OPTIMIZERS: dict[str, OptimizerFactory] = {"adamw": _adamw, "sgd": _sgd,
+                                           "sgd_momentum": _sgd_momentum}
 
 
 # --- bitsandbytes optimizers (QLoRA's GPU path; owned by the QLoRA issue) -----------------
-_SAID_FALLBACK: set[str] = set()
-
-
 def _bnb_optimizer(name: str, cls_name: str) -> OptimizerFactory:
     """A factory for ``bitsandbytes.optim.<cls_name>`` on CUDA, torch's AdamW elsewhere.
 
@@ -71,18 +76,22 @@ def _bnb_optimizer(name: str, cls_name: str) -> OptimizerFactory:
     says so once per process.
     """
 
-    def factory(params, lr: float, weight_decay: float) -> torch.optim.Optimizer:
+    def factory(params, lr: float, weight_decay: float, *, cpu_fallback: bool = True
+                ) -> torch.optim.Optimizer:
+        # cpu_fallback=False: bitsandbytes' own class even on a CPU (labkit.memory.measure
+        # counts *its* state; paging itself needs CUDA, off it bnb keeps the state unpaged).
         params = list(params)
-        if params and params[0].device.type == "cuda":
+        if (params and params[0].device.type == "cuda") or not cpu_fallback:
             from labkit._deps import import_bnb
 
             return getattr(import_bnb().optim, cls_name)(params, lr=lr, weight_decay=weight_decay)
-        if name not in _SAID_FALLBACK:
-            _SAID_FALLBACK.add(name)
-            warnings.warn(f"optimizer {name!r} needs a CUDA GPU (bitsandbytes {cls_name}); on "
-                          f"the {params[0].device.type if params else 'cpu'} it is torch's "
-                          "AdamW instead (same algorithm, 32-bit state)", UserWarning, stacklevel=3)
+        warn_once(f"train:cpu-fallback:{name}",
+                  f"optimizer {name!r} needs a CUDA GPU (bitsandbytes {cls_name}); on the "
+                  f"{params[0].device.type if params else 'cpu'} it is torch's AdamW instead "
+                  "(same algorithm, 32-bit state)", UserWarning, stacklevel=2)
         return torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay)
+
+    factory.bnb_class = cls_name
 
     return factory
 
@@ -132,7 +141,8 @@ def _takes_names(factory: OptimizerFactory) -> bool:
 
 
 def make_optimizer(model: torch.nn.Module, optimizer: str | OptimizerFactory = "adamw",
-                   lr: float = 1e-3, weight_decay: float = 0.0) -> torch.optim.Optimizer:
+                   lr: float = 1e-3, weight_decay: float = 0.0, *, cpu_fallback: bool = True
+                   ) -> torch.optim.Optimizer:
     """Build an optimizer over the trainable parameters only.
 
     Args:
@@ -141,6 +151,8 @@ def make_optimizer(model: torch.nn.Module, optimizer: str | OptimizerFactory = "
             weight_decay=)``; a factory with a ``named_params`` parameter also gets the
             ``(name, parameter)`` pairs.
         lr, weight_decay: passed to the factory.
+        cpu_fallback: bitsandbytes' optimizers become torch's AdamW off CUDA (saying so
+            once); False keeps bitsandbytes' class (to measure its state on a CPU).
 
     Raises:
         ValueError: nothing is trainable, or an unknown optimizer name (lists the known).
@@ -163,6 +175,7 @@ def make_optimizer(model: torch.nn.Module, optimizer: str | OptimizerFactory = "
         factory = optimizer
     else:
         raise TypeError(f"optimizer must be a name or a factory, got {type(optimizer).__name__}")
+    extra = {} if cpu_fallback or not hasattr(factory, "bnb_class") else {"cpu_fallback": False}
     if _takes_names(factory):
-        return factory(params, lr=lr, weight_decay=weight_decay, named_params=named)
-    return factory(params, lr=lr, weight_decay=weight_decay)
+        extra["named_params"] = named
+    return factory(params, lr=lr, weight_decay=weight_decay, **extra)
