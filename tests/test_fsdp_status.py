@@ -187,7 +187,8 @@ def test_checkpointing_an_fsdp_model_is_refused_before_training(monkeypatch, tmp
     crash on a sharded tensor (FSDP2), so train() refuses before the first step."""
     model = build("lora")
     before = {n: p.detach().clone() for n, p in model.named_parameters() if p.requires_grad}
-    monkeypatch.setattr("labkit.train.loop._fsdp_kind", lambda m: "fsdp2")  # as fully_shard would make it
+    # as fully_shard would make it
+    monkeypatch.setattr("labkit.train.loop._fsdp_kind", lambda m: "fsdp2")
     with pytest.raises(ValueError, match=r"checkpoints of an FSDP model \(fsdp2\) are not "
                        r"supported.*Train with DDP to checkpoint, or pass checkpoint_dir=None"):
         train.train(model, "shift", steps=2, batch_size=4, checkpoint_dir=tmp_path,

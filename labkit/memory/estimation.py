@@ -118,7 +118,8 @@ def estimate(config, method: str = "full", batch: int = 1, seq_len: int = 512, *
     if method not in METHODS:
         raise ValueError(f"unknown method {method!r}; use one of {', '.join(METHODS)}")
     if optimizer not in ESTIMATED_OPTIMIZERS:
-        raise ValueError(f"unknown optimizer {optimizer!r}; use one of {', '.join(ESTIMATED_OPTIMIZERS)}")
+        raise ValueError(f"unknown optimizer {optimizer!r}; use one of "
+                         f"{', '.join(ESTIMATED_OPTIMIZERS)}")
     _positive_int("batch", batch)
     _positive_int("seq_len", seq_len)
     if method == "qlora":
