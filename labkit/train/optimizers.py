@@ -5,8 +5,8 @@ Only parameters with ``requires_grad=True`` reach the optimizer, so a LoRA model
 is frozen trains its adapters only, and the optimizer holds state for them alone.
 Optimizers are chosen by name from :data:`OPTIMIZERS` (``"adamw"``, ``"sgd"``,
 ``"sgd_momentum"``, ``"paged_adamw"``, ``"adamw8bit"``; add more with
-:func:`register_optimizer`) or passed to :func:`make_optimizer` / :func:`labkit.train.train` as a factory. A factory is called in one
-of two ways, chosen by its signature:
+:func:`register_optimizer`) or passed to :func:`make_optimizer` / :func:`labkit.train.train`
+as a factory. A factory is called in one of two ways, chosen by its signature:
 
     factory(params, lr=..., weight_decay=...)                     # tensors only
     factory(params, lr=..., weight_decay=..., named_params=...)   # and their names
