@@ -79,7 +79,7 @@ def run(base, task: str, targets: str | None, r: int, lr: float, steps: int, see
     model = copy.deepcopy(base)
     if targets is not None:
         lora.add_lora(model, TARGETS[targets], r=r, alpha=2 * r)
-    trainable = lora.count_params(model).trainable
+    trainable = lora.model_params(model).trainable
     h = train.train(model, task, steps=steps, lr=lr, batch_size=32, eval_every=eval_every,
                     eval_n=EVAL_N, seed=seed, stop_at=STOP_AT, progress=False)
     return {"acc": train.evaluate(model, task, n=FINAL_N, seed=FINAL_SEED), "steps": h.step[-1],

@@ -109,7 +109,7 @@ def speed(base, r: int, batch: int, reps: int, warm: int) -> bool:
     print(f"base-weight bytes: labkit {nbytes['labkit+bnb']:,d} (reference back end "
           f"{nbytes['labkit+ref']:,d}), PEFT+bnb {nbytes['peft+bnb']:,d}, float32 base "
           f"{nbytes['lora fp32']:,d}; base-weight bytes equal: {equal}")
-    counts = {k: L.count_params(m) for k, m in models_.items() if k != "peft+bnb"}
+    counts = {k: L.model_params(m) for k, m in models_.items() if k != "peft+bnb"}
     p_train, p_total = models_["peft+bnb"].get_nb_trainable_parameters()
     same_counts = all((c.trainable, c.total) == (p_train, p_total) for c in counts.values())
     print(f"trainable params: {p_train:,d} of {p_total:,d}; equal to PEFT's: {same_counts}")

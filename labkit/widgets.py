@@ -13,6 +13,8 @@ import html
 
 import ipywidgets as W
 
+from labkit.lora.counts import adapter_params
+
 
 class Explorer:
     """Base class: a widget box plus a text fallback that mirrors its current state."""
@@ -44,7 +46,7 @@ def lora_counts(d: int, k: int, r: int) -> dict[str, float]:
             f"r = {r} exceeds min(d, k) = {min(d, k)}: a rank above the smaller side adds "
             "parameters without adding expressive power; choose r <= min(d, k)"
         )
-    frozen, lora = d * k, r * (d + k)
+    frozen, lora = d * k, adapter_params(d, k, r)
     return {"frozen": frozen, "lora": lora, "share": 100 * lora / frozen, "ratio": frozen / lora}
 
 

@@ -55,8 +55,8 @@ def main(argv=None) -> int:
     from safetensors.torch import save_file
     from torch.nn.parallel import DistributedDataParallel
 
-    from labkit import adapters, lora, models, qlora, train
     from labkit import distributed as D
+    from labkit import lora, models, qlora, train
     from labkit.data import get_task
 
     torch.set_num_threads(1)
@@ -94,7 +94,7 @@ def main(argv=None) -> int:
         trained = D.gather_trainable(wrapped)  # every rank: FSDP2 gathers collectively
         n_trainable = sum(t.numel() for t in trained.values())
         if not args.full:  # every rank calls it; rank 0 writes, the others wait
-            adapters.save_adapter(wrapped, Path(args.out) / "adapter")
+            lora.save_adapter(wrapped, Path(args.out) / "adapter")
         per_step = counter.bytes / (args.steps - start) if counter else None
         if D.is_main():
             out = Path(args.out)

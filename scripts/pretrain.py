@@ -52,7 +52,7 @@ def pretrain(args: argparse.Namespace, out_dir: Path) -> dict:
     }
     out_dir.mkdir(parents=True, exist_ok=True)
     st_path = out_dir / f"{args.name}.safetensors"
-    digest = models.save_checkpoint(model, st_path)
+    digest = models.save_pretrained(model, st_path)
     card = {
         "name": args.name,
         "description": "Tiny LLaMA-style decoder pretrained to reverse lowercase words "

@@ -14,8 +14,8 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from labkit import adapters, lora, models, quant, train
 from labkit import distributed as D
+from labkit import lora, models, quant, train
 from labkit.data import get_task
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -91,7 +91,7 @@ def test_two_process_gloo_run_equals_one_process(ddp_run):
 def test_rank_0_saved_the_adapter_once_in_peft_format(ddp_run):
     ddp, _, ckpt = ddp_run
     model = models.load_pretrained().model
-    adapters.load_adapter(model, ckpt.parent / "adapter")  # no "module." prefix in the keys
+    lora.load_adapter(model, ckpt.parent / "adapter")  # no "module." prefix in the keys
     loaded = {n: p.detach() for n, p in model.named_parameters() if ".lora_" in n}
     assert loaded.keys() == ddp.keys()
     for k in ddp:
@@ -143,7 +143,7 @@ def test_qlora_under_ddp_and_fsdp2_equals_one_process_ddp_sends_adapter_bytes_on
     # FSDP2 shards the 4-bit base and the adapters over the 2 ranks; gathered, the same
     assert_same_adapters(load_file(str(fsdp / "adapters.safetensors")), ref)
     model = models.load_pretrained().model
-    adapters.load_adapter(model, fsdp / "adapter")  # saved from the sharded model, whole
+    lora.load_adapter(model, fsdp / "adapter")  # saved from the sharded model, whole
     got = {n: p.detach() for n, p in model.named_parameters() if ".lora_" in n}
     assert_same_adapters(got, ref)
     assert json.loads((fsdp / "run.json").read_text())["bytes_per_step"] is None

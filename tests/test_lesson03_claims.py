@@ -77,7 +77,7 @@ def test_trainable_count_by_hand_equals_labkit(bench, base, targets, r):
 
     m = copy.deepcopy(base)
     rep = lora.add_lora(m, list(names), r=r, alpha=2 * r)
-    assert rep.params.trainable == by_hand == lora.count_params(m).trainable
+    assert rep.params.trainable == by_hand == lora.model_params(m).trainable
     n_layers = base.config.n_layers * len(names)
     assert len(rep.layers) == n_layers
 

@@ -162,7 +162,7 @@ def test_optimizer_state_agrees(optimizer):
     meas = memory.measure(m, batch, optimizer)
     est = memory.estimate(SECOND, "full", *batch[0].shape, optimizer=optimizer)
     assert est.optimizer == pytest.approx(meas.optimizer, rel=0.05)
-    n = models.count_params(SECOND)
+    n = lora.config_params(SECOND)
     if optimizer == "sgd":
         assert meas.optimizer == 0
     elif optimizer == "sgd_momentum":
@@ -176,5 +176,5 @@ def test_measure_restores_checkpointing_flag_and_counts_grads():
     assert m.gradient_checkpointing is False
     b = memory.measure(m, _batch("pretrained"), "sgd", gradient_checkpointing=True)
     assert m.gradient_checkpointing is False
-    n_adapter = lora.count_params(m).trainable
+    n_adapter = lora.model_params(m).trainable
     assert b.gradients == 4 * n_adapter and b.optimizer == 0

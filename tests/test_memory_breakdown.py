@@ -2,12 +2,12 @@
 
 import pytest
 
-from labkit import memory, models
+from labkit import lora, memory
 
 
 def test_bytes_per_param_full_adamw_fp32_is_16():
     est = memory.estimate("llama-2-7b", "full", 1, 1, weight_dtype="fp32")
-    bpp = memory.bytes_per_param(est, models.count_params("llama-2-7b"))
+    bpp = memory.bytes_per_param(est, lora.config_params("llama-2-7b"))
     assert bpp["weights"] == pytest.approx(4, rel=1e-3)
     assert bpp["gradients"] == pytest.approx(4, rel=1e-3)
     assert bpp["optimizer"] == pytest.approx(8, rel=1e-3)

@@ -5,7 +5,7 @@ GB = 10^9 bytes throughout. Agreement with measured steps is in tests/test_memor
 
 import pytest
 
-from labkit import memory, models, quant
+from labkit import lora, memory, models, quant
 
 # --------------------------------------------------------------------------- published figures
 
@@ -18,7 +18,7 @@ def test_llama_65b_full_finetuning_published_range():
     kw = dict(weight_dtype="bf16", state_dtype="fp32", gradient_checkpointing=True)
     low = memory.estimate("llama-1-65b", "full", 1, 512, **kw)
     high = memory.estimate("llama-1-65b", "full", 1, 512, master_weights=True, **kw)
-    n = models.count_params("llama-1-65b")
+    n = lora.config_params("llama-1-65b")
     assert low.weights + low.gradients + low.optimizer >= 12 * n
     assert 780 * memory.GB <= low.total < high.total <= 1100 * memory.GB
 
@@ -40,7 +40,7 @@ def test_llama_7b_4bit_base_size():
     assert 3.8 * memory.GB <= nbytes <= 3.9 * memory.GB
     # independent: 4.127 bits per linear weight + 2 bytes per other parameter
     cfg = models.get_config("llama-1-7b")
-    n = models.count_params(cfg)
+    n = lora.config_params(cfg)
     other = 2 * cfg.vocab_size * cfg.hidden_size + (2 * cfg.n_layers + 1) * cfg.hidden_size
     rough = (n - other) * quant.bits_per_weight("nf4", 64, True) / 8 + 2 * other
     assert nbytes == pytest.approx(rough, rel=0.001)

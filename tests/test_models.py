@@ -10,7 +10,7 @@ import shutil
 import pytest
 import torch
 
-from labkit import data, models
+from labkit import data, lora, models
 from labkit.env import seed_everything
 from labkit.train import evaluate
 
@@ -39,13 +39,13 @@ def formula_count(c: models.ModelConfig) -> int:
 def test_published_param_counts_on_meta(name):
     model = models.build(name, device="meta")
     assert next(model.parameters()).device.type == "meta"
-    assert models.count_params(name) == PUBLISHED[name]
+    assert lora.config_params(name) == PUBLISHED[name]
     assert formula_count(models.get_config(name)) == PUBLISHED[name]
 
 
 def test_every_registered_config_counts_like_the_formula():
     for name, cfg in models.CONFIGS.items():
-        assert models.count_params(cfg) == formula_count(cfg), name
+        assert lora.config_params(cfg) == formula_count(cfg), name
 
 
 def test_all_linear_widths_are_multiples_of_64():

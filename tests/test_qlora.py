@@ -25,7 +25,6 @@ import torch.nn.functional as F  # noqa: E402
 from torch import nn  # noqa: E402
 
 from labkit import _api, _deps, models, qlora, train  # noqa: E402
-from labkit import adapters as ad  # noqa: E402
 from labkit import lora as L  # noqa: E402
 from labkit import quant as Q  # noqa: E402
 
@@ -265,12 +264,12 @@ def test_adapter_round_trip_labkit_and_peft_bnb(hf_base, tmp_path):
     mine.eval()
     with torch.no_grad():
         want = mine(x).logits
-    ad.save_adapter(mine, tmp_path, task_type="CAUSAL_LM")
+    L.save_adapter(mine, tmp_path, task_type="CAUSAL_LM")
     assert (tmp_path / "adapter_model.safetensors").is_file()
 
     again = copy.deepcopy(hf_base)  # labkit: a fresh QLoRA model, then the file
     qlora.prepare_qlora(again, ALL7, r=4, alpha=8, backend="labkit")
-    ad.load_adapter(again, tmp_path)
+    L.load_adapter(again, tmp_path)
     with torch.no_grad():
         torch.testing.assert_close(again.eval()(x).logits, want, **EXACT)
 

@@ -165,7 +165,7 @@ def test_generated_lora_count_uses_labkit_lora():
 
     item = quiz.generate_item("lora-count", 3)
     d, k, r = map(int, re.search(r"A (\d+) x (\d+) .* rank-(\d+)", item.prompt).groups())
-    assert item.answer == f"{lora.lora_param_count(d, k, r):,}"
+    assert item.answer == f"{lora.adapter_params(d, k, r):,}"
 
 
 def test_generated_model_bytes_items_match_an_independent_computation():

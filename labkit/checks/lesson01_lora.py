@@ -50,7 +50,7 @@ def check_lora_param_count(fn: Callable, seed: int = 0) -> CheckResult:
     """Check ``fn(d, k, r) -> int``: trainable parameters of a rank-r adapter on a d x k weight.
 
     The reference is ``r * d + r * k`` (B is d x r, A is r x k), written out independently of
-    ``labkit.lora.lora_param_count``. Several rectangular layers are tried (d != k, so mixing
+    ``labkit.lora.adapter_params``. Several rectangular layers are tried (d != k, so mixing
     them up shows), then a square one.
 
     Named mistakes: d * k; r * d * k; only A or only B; adding the frozen weight;

@@ -44,6 +44,7 @@ from labkit import _deps  # noqa: F401  (one clear line when torch is missing)
 import torch
 
 from labkit import models, quant
+from labkit.lora.counts import adapter_params
 from labkit.memory.activations import activation_terms
 from labkit.memory.breakdown import (
     BLOCK_LINEARS,
@@ -166,11 +167,10 @@ def estimate(config, method: str = "full", batch: int = 1, seq_len: int = 512, *
             if method == "full":
                 trainable.append((numel, wd))
         if method != "full" and leaf in tg and pname == "weight":
-            # TODO(counts): r * (k_in + d_out) by hand; labkit.lora.adapter_params after the merge
             d_out, k_in = shape
-            trainable += [(r * k_in, ad), (d_out * r, ad)]
+            trainable += [(r * k_in, ad), (d_out * r, ad)]  # A (r x k_in), B (d_out x r)
             key = str(ad).removeprefix("torch.")
-            sw[key] = sw.get(key, 0) + r * (k_in + d_out) * _nbytes(ad)
+            sw[key] = sw.get(key, 0) + adapter_params(d_out, k_in, r) * _nbytes(ad)
     sw["buffers"] = n_buffers * w
     out.weights_by_dtype = sw
     out.weights = sum(sw.values())

@@ -16,6 +16,7 @@ from collections.abc import Mapping, Sequence
 import numpy as np
 from matplotlib.figure import Figure
 
+from labkit.lora.counts import adapter_params
 from labkit.plots.style import _CYCLE, COLORS, _check_nonempty, _finish, _new, course_style
 
 # --- lesson 01: the low-rank idea -------------------------------------------------------
@@ -37,7 +38,7 @@ def lora_savings(layers: Mapping[str, tuple[int, int]], ranks: Sequence[int]) ->
     with course_style():
         fig, ax = _new()
         for label, (d, k) in layers.items():
-            share = [100 * r * (d + k) / (d * k) for r in ranks]
+            share = [100 * adapter_params(d, k, r) / (d * k) for r in ranks]
             ax.plot(ranks, share, marker="o", ms=4, label=f"{label}")
         ax.set_xscale("log", base=2)
         ax.set_yscale("log")

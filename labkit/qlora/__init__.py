@@ -33,7 +33,7 @@ Typical use::
                                    "gate_proj", "up_proj", "down_proj"], r=8, alpha=16)
     print(report)                       # layers, bytes before / after, what stays 32-bit
     train.train(model, "shift", steps=200, lr=1e-2)
-    adapters.save_adapter(model, "out/")  # PEFT's format, as for plain LoRA
+    lora.save_adapter(model, "out/")  # PEFT's format, as for plain LoRA
 """
 
 from labkit._api import lazy_exports

@@ -131,7 +131,7 @@ def resolve_compute_dtype(compute_dtype: torch.dtype | None = None,
 class Params4bit(nn.Parameter):
     """A frozen parameter holding packed 4-bit codes (uint8, two codes a byte).
 
-    Named like bitsandbytes' class on purpose: :func:`labkit.lora.count_params` (as PEFT)
+    Named like bitsandbytes' class on purpose: :func:`labkit.lora.model_params` (as PEFT)
     counts a ``Params4bit`` as the weights it holds, two per byte, not as its bytes.
     It can never require a gradient: 4-bit codes are not differentiable.
     """

@@ -286,7 +286,7 @@ def prepare_qlora(model: nn.Module, targets, *, r: int = 8, alpha: float = 16,
        (:func:`labkit.models.set_gradient_checkpointing`).
 
     Train it with :func:`labkit.train.train` as any LoRA model (``optimizer="paged_adamw"``
-    on a GPU); save the adapters with :func:`labkit.adapters.save_adapter` (PEFT's format).
+    on a GPU); save the adapters with :func:`labkit.lora.save_adapter` (PEFT's format).
 
     Returns:
         A :class:`QLoRAReport`; ``print`` it for bytes before and after, and what stays in

@@ -15,11 +15,11 @@ import random
 from labkit.quiz.bank import Item, parse_item
 
 
-def _lora_param_count(d: int, k: int, r: int) -> int:
-    """``labkit.lora.lora_param_count``, imported only when needed (labkit.lora needs torch)."""
-    from labkit.lora import lora_param_count  # deferred: labkit.lora imports torch
+def _adapter_params(d: int, k: int, r: int) -> int:
+    """``labkit.lora.adapter_params``: the one place that counts an adapter (torch-free)."""
+    from labkit.lora.counts import adapter_params  # deferred: the bank loads without it
 
-    return int(lora_param_count(d, k, r))
+    return int(adapter_params(d, k, r))
 
 
 def _bits_per_weight(quant_type: str, blocksize: int, double_quant: bool) -> float:
@@ -41,7 +41,7 @@ def generate_item(kind: str, seed: int) -> Item:
     if kind == "lora-count":
         d, k = rng.choice([768, 1024, 2048, 4096, 5120]), rng.choice([512, 1024, 2048, 4096])
         r = rng.choice([4, 8, 16, 32, 64])
-        right = _lora_param_count(d, k, r)
+        right = _adapter_params(d, k, r)
         wrong = [
             (d * k, "That is the frozen weight W; it does not train."),
             (r * k, f"Only A (r x k); B (d x r = {d} x {r}) trains too."),
