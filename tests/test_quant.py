@@ -7,16 +7,17 @@ of 2048 and up; double quantization uses its C 8-bit quantizer. The fallback is 
 ``torch.compile``; compiling it for every new shape would take seconds each, so the tests
 switch dynamo off and run that same Python code eagerly (a multiply and a cast: compiled or
 not, the values are the same).
+
+The tests that need no bitsandbytes output follow the package's modules:
+``test_quant_codebooks.py``, ``test_quant_blockwise.py``, ``test_quant_fast_lookup.py`` and
+``test_quant_storage.py``.
 """
 
 from __future__ import annotations
 
-import math
-import statistics
 import subprocess
 import sys
 from fractions import Fraction
-from functools import partial
 from pathlib import Path
 
 from labkit._deps import import_bnb, torch
@@ -104,88 +105,7 @@ def test_fp4_zero_sign_differs_only_in_bnb_scalar_c_kernel():
     assert not torch.signbit(bnb_dequantize(packed, state)[1])
 
 
-# ----------------------------------------------------------------------------- codebooks
-
-
-def test_nf4_codebook_is_bitsandbytes_table_exactly():
-    code = Q.nf4_codebook()
-    assert code.dtype == torch.float32 and code.shape == (16,)
-    assert torch.equal(code, F.get_4bit_type("nf4", device="cpu"))  # every bit
-    assert code[0] == -1 and code[7] == 0 and code[15] == 1
-    assert torch.all(code[1:] > code[:-1])
-    assert (code > 0).sum() == 8 and (code < 0).sum() == 7  # asymmetric, exact zero
-
-
-def test_nf4_codebook_against_stdlib_quantiles():
-    # An independent implementation of the normal quantile (Python's statistics module).
-    inv = statistics.NormalDist().inv_cdf
-    pos = [inv(0.9677083 - k * (0.9677083 - 0.5) / 8) for k in range(8)]
-    neg = [-inv(0.9677083 - k * (0.9677083 - 0.5) / 7) for k in range(7)]
-    levels = sorted(neg + [0.0] + pos)
-    expected = torch.tensor([v / levels[-1] for v in levels])
-    assert torch.allclose(Q.nf4_codebook(), expected, rtol=0, atol=1e-6)
-
-
-def test_nf4_codebook_with_unrounded_delta_differs_only_in_last_bits():
-    exact = Q.nf4_codebook(offset=1 - (1 / 30 + 1 / 32) / 2)
-    diff = (exact - Q.nf4_codebook()).abs().max().item()
-    assert 0 < diff < 1e-6  # not bit-exact, as the docstring says, but within a few ulps
-
-
-def test_fp4_and_int4_codebooks_match_bitsandbytes_tables():
-    assert torch.equal(Q.fp4_codebook(), F.get_4bit_type("fp4", device="cpu"))
-    # FP4 by hand: magnitudes 0, 0.0625, 8, 12, 4, 6, 2, 3 over 12, then the negatives
-    by_hand = torch.tensor([0, 0.0625, 8, 12, 4, 6, 2, 3]) / 12
-    assert torch.equal(Q.fp4_codebook()[:8], by_hand)
-    assert torch.equal(Q.fp4_codebook()[8:], -by_hand)
-    assert torch.equal(Q.int4_codebook(), torch.tensor([7, 6, 5, 4, 3, 2, 1, 0, 0, -1, -2,
-                                                        -3, -4, -5, -6, -7]) / 7.0)
-
-
-def test_dynamic_codebook_matches_create_dynamic_map():
-    code = Q.dynamic_codebook()
-    assert torch.equal(code, F.create_dynamic_map())
-    assert code.shape == (256,) and code[-1] == 1 and torch.all(code[1:] >= code[:-1])
-    # 10^-6 * midpoint of [0.1, 1] is the smallest positive level
-    assert code[code > 0].min().item() == pytest.approx(0.55e-6, rel=1e-6)
-
-
-def test_codebook_lookup_returns_copies_and_rejects_unknown_names():
-    c = Q.codebook("nf4")
-    c[0] = 5.0
-    assert Q.CODEBOOKS["nf4"][0] == -1
-    with pytest.raises(ValueError, match="unknown quant_type 'nf5'; choose one of nf4, fp4, int4"):
-        Q.codebook("nf5")
-
-
-# ----------------------------------------------------------------------------- nearest code
-
-
-@pytest.mark.parametrize("quant_type", Q.QUANT_TYPES)
-def test_nearest_code_index_matches_bruteforce_argmin(quant_type):
-    code = Q.CODEBOOKS[quant_type]
-    g = torch.Generator().manual_seed(1)
-    v = torch.rand(20_000, generator=g) * 2.2 - 1.1
-    got = Q.nearest_code_index(v, code).long()
-    best = (v[:, None] - code[None, :]).abs().min(dim=1).values  # brute force over 16 levels
-    assert torch.equal((v - code[got]).abs(), best)
-
-
-@pytest.mark.parametrize("quant_type", Q.QUANT_TYPES)
-def test_fast_lookup_equals_bucketize_reference(quant_type):
-    code = Q.CODEBOOKS[quant_type]
-    bounds, _ = Q._sorted_bounds(code)
-    high = torch.arange(-(2**15), 2**15, dtype=torch.int32) << 16
-    ends = torch.cat([high.view(torch.float32), (high | 0xFFFF).view(torch.float32)])
-    ends = ends[torch.isfinite(ends)]
-    near = torch.cat([bounds, torch.tensor([0.0, -0.0, 1.0, -1.0, 1e-40, -1e-40])])
-    for _ in range(3):  # a few ulps either side of every midpoint
-        near = torch.cat([near, torch.nextafter(near, torch.tensor(2.0)),
-                          torch.nextafter(near, torch.tensor(-2.0))])
-    g = torch.Generator().manual_seed(0)
-    v = torch.cat([ends, near, torch.randn(100_000, generator=g) / 2.5])
-    fast = Q._CodeLookup(partial(Q.nearest_code_index, code=code))(v)
-    assert torch.equal(fast, Q.nearest_code_index(v, code))
+# ----------------------------------------------------------------------------- ties and zeros
 
 
 def test_ties_go_to_the_lower_level_like_bitsandbytes():
@@ -351,16 +271,6 @@ def test_dequantize_uses_flat_blocks_where_bitsandbytes_avx512_kernel_does_not()
     assert torch.equal(out, bnb_torch)
 
 
-def test_parameters_quantize_and_state_moves():
-    w = torch.nn.Parameter(torch.randn(16, 64))
-    packed, state = Q.quantize_4bit(w, double_quant=True)
-    moved = state.to("cpu")
-    assert moved is not state and torch.equal(moved.absmax, state.absmax)
-    out = Q.dequantize_4bit(packed, moved)
-    assert out.shape == (16, 64) and not out.requires_grad
-    assert torch.equal(out, Q.dequantize_4bit(*Q.quantize_4bit(w.detach(), double_quant=True)))
-
-
 def test_quant_module_does_not_import_bitsandbytes():
     code = "import sys, labkit.quant; print('bitsandbytes' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
@@ -492,170 +402,6 @@ def test_cuda_zero_block_keeps_absmax_zero_and_code_zero():
     assert torch.equal(Q.dequantize_4bit(packed, state), x)  # -1.0 * 0 is still zero
     cpu_packed, _ = Q.quantize_4bit(x, 64, "nf4", kernel="cpu")
     assert _codes(cpu_packed, 128)[:64].unique().tolist() == [7]
-
-
-@pytest.mark.parametrize("quant_type", ["nf4", "fp4"])
-def test_fast_lookup_equals_exact_cuda_rule(quant_type):
-    marks = torch.tensor(Q._CUDA_NF4_THRESHOLDS if quant_type == "nf4" else
-                         Q._CUDA_FP4_THRESHOLDS)
-    marks = torch.cat([marks, -marks, torch.tensor([0.0, -0.0, float("nan")])])
-    for _ in range(2):
-        marks = torch.cat([marks, torch.nextafter(marks, torch.tensor(2.0)),
-                           torch.nextafter(marks, torch.tensor(-2.0))])
-    v = torch.cat([marks, torch.randn(50_000, generator=torch.Generator().manual_seed(1)) / 2])
-    exact = partial(Q._cuda_code_index, quant_type=quant_type)
-    assert torch.equal(Q._CodeLookup(exact)(v), exact(v))
-
-
-def test_kernel_choice_is_checked_and_auto_follows_the_device():
-    assert Q._check_kernel("auto", torch.device("cuda", 0)) == "cuda"
-    assert Q._check_kernel("auto", torch.device("cpu")) == "cpu"
-    assert Q._check_kernel("cuda", torch.device("cpu")) == "cuda"
-    x = torch.randn(64)
-    with pytest.raises(ValueError, match="unknown kernel 'gpu'; choose one of auto, cpu, cuda"):
-        Q.quantize_4bit(x, kernel="gpu")
-    with pytest.raises(ValueError, match="unknown kernel"):
-        Q.quantize_blockwise_8bit(x, kernel="GPU")
-    # int4 is labkit's own format: one rule on every device, zero blocks included
-    x = torch.cat([x, torch.zeros(64)])
-    a = _codes(Q.quantize_4bit(x, 64, "int4", kernel="cpu")[0], 128)
-    assert torch.equal(a, _codes(Q.quantize_4bit(x, 64, "int4", kernel="cuda")[0], 128))
-
-
-# ----------------------------------------------------------------------------- packing
-
-
-def test_pack_nibbles_puts_the_first_value_in_the_high_nibble():
-    codes = torch.tensor([1, 2, 3], dtype=torch.uint8)
-    assert Q.pack_nibbles(codes).tolist() == [0x12, 0x30]
-    assert Q.pack_nibbles(codes, fill=7).tolist() == [0x12, 0x37]
-    codes = torch.randint(0, 16, (101,), dtype=torch.uint8)
-    assert torch.equal(Q.unpack_nibbles(Q.pack_nibbles(codes), 101), codes)
-    with pytest.raises(TypeError, match="pack_nibbles needs uint8 codes"):
-        Q.pack_nibbles(codes.long())
-
-
-def test_int4_round_trip_error_is_at_most_half_a_step():
-    x = torch.randn(4, 64, generator=torch.Generator().manual_seed(4))
-    packed, state = Q.quantize_4bit(x, 64, "int4")
-    err = (Q.dequantize_4bit(packed, state) - x).abs()
-    step = state.absmax.repeat_interleave(64).reshape(4, 64) / 7
-    assert torch.all(err <= step / 2 * (1 + 1e-6))
-
-
-# ----------------------------------------------------------------------------- storage
-
-
-def test_bits_per_weight_limits_by_hand():
-    assert Q.bits_per_weight("nf4", 64, double_quant=False) == 4.5
-    assert Q.bits_per_weight("nf4", 64, double_quant=True) == 4 + 8 / 64 + 32 / (64 * 256)
-    assert round(Q.bits_per_weight("nf4", 64, double_quant=True), 3) == 4.127
-    assert Q.bits_per_weight("fp4", 4096, double_quant=False) == 4 + 32 / 4096
-
-
-def test_bits_per_weight_exact_small_layer_by_hand():
-    # 1000 weights, blocks of 64: 500 bytes of codes, 16 blocks, 1 nested block.
-    # double quant: 16 (uint8 absmax) + 4 (nested absmax) + 4 (offset) + 64 + 1024 (codes)
-    assert Q.quantized_nbytes(1000, 64, double_quant=True) == 500 + 16 + 4 + 4 + 64 + 1024
-    assert Q.bits_per_weight("nf4", 64, True, numel=1000) == 8 * 1612 / 1000
-    assert Q.bits_per_weight("nf4", 64, True, numel=1000, count_codebooks=False) == 8 * 524 / 1000
-    # plain: 500 + 16 * 4 + 64
-    assert Q.quantized_nbytes(1000, 64, double_quant=False) == 628
-    # odd count: 1001 values still fit 501 bytes and 16 blocks
-    assert Q.quantized_nbytes(1001, 64, double_quant=False, count_codebooks=False) == 501 + 64
-
-
-def test_exact_figure_is_the_limit_plus_per_layer_constants():
-    numel = 4096 * 4096  # a multiple of 64 * 256: no partial blocks
-    exact = Q.bits_per_weight("nf4", 64, True, numel=numel)
-    per_layer_bytes = 4 + 16 * 4 + 256 * 4  # offset and the two codebooks
-    assert exact == pytest.approx(4 + 8 / 64 + 32 / (64 * 256) + 8 * per_layer_bytes / numel,
-                                  rel=1e-12)
-    assert exact - Q.bits_per_weight("nf4", 64, True) < 1e-3
-
-
-@pytest.mark.parametrize("double_quant", [False, True])
-@pytest.mark.parametrize("numel", [1, 63, 1001, 64 * 256 + 64])
-def test_state_bytes_plus_codes_equal_quantized_nbytes(numel, double_quant):
-    x = torch.randn(numel)
-    packed, state = Q.quantize_4bit(x, 64, "nf4", double_quant)
-    for count in (True, False):
-        total = packed.numel() + Q.quant_state_nbytes(state, count_codebooks=count)
-        assert total == Q.quantized_nbytes(numel, 64, double_quant, count_codebooks=count)
-
-
-def test_quantization_error_ranks_nf4_best_on_normal_weights_over_three_seeds():
-    for seed in (0, 1, 2):
-        x = torch.randn(256, 256, generator=torch.Generator().manual_seed(seed))
-        err = {t: Q.quantization_error(x, t, 64)["mse"] for t in Q.QUANT_TYPES}
-        assert err["nf4"] < err["fp4"] and err["nf4"] < err["int4"]
-    e = Q.quantization_error(x, "nf4", 64)
-    assert 0 < e["mae"] <= e["max_abs"] and 0 < e["rel_rmse"] < 0.2
-
-
-# ----------------------------------------------------------------------------- bad input
-
-
-def test_non_floating_input_is_rejected():
-    with pytest.raises(TypeError, match=r"floating-point tensor .* got torch.int64; .*x.float\(\)"):
-        Q.quantize_4bit(torch.arange(64))
-    with pytest.raises(TypeError, match=r"float32, bfloat16 and float16 .* got torch.float64"):
-        Q.quantize_4bit(torch.randn(64, dtype=torch.float64))
-    with pytest.raises(TypeError, match="needs a torch.Tensor, got list"):
-        Q.quantize_4bit([1.0, 2.0])
-
-
-@pytest.mark.parametrize("blocksize", [16, 100, 8192, True])
-def test_unsupported_blocksize_is_rejected(blocksize):
-    with pytest.raises(ValueError, match=r"blocksize .* is not supported; choose one of 32, 64"):
-        Q.quantize_4bit(torch.randn(128), blocksize=blocksize)
-
-
-def test_unknown_quant_type_is_rejected():
-    with pytest.raises(ValueError, match="unknown quant_type 'af4'"):
-        Q.quantize_4bit(torch.randn(64), quant_type="af4")
-
-
-@pytest.mark.parametrize("bad", [float("nan"), float("inf"), -float("inf")])
-def test_nan_or_inf_is_rejected(bad):
-    x = torch.randn(200)
-    x[130] = bad
-    n_nan, n_inf = (1, 0) if math.isnan(bad) else (0, 1)
-    with pytest.raises(ValueError, match=rf"{n_nan} NaN and {n_inf} inf .*index 130.*nan_to_num"):
-        Q.quantize_4bit(x)
-    x = torch.randn(10)
-    x[9] = bad  # in the partial last block
-    with pytest.raises(ValueError, match="index 9"):
-        Q.quantize_4bit(x, double_quant=True)
-    with pytest.raises(ValueError, match="index 9"):
-        Q.quantize_blockwise_8bit(x)
-
-
-def test_empty_tensor_is_rejected():
-    with pytest.raises(ValueError, match=r"empty tensor \(shape \(0, 4\)\)"):
-        Q.quantize_4bit(torch.zeros(0, 4))
-
-
-def test_code_index_outside_codebook_is_rejected_on_dequantize():
-    x = torch.linspace(-1, 1, 64)
-    packed, state = Q.quantize_4bit(x)
-    state.code = state.code[:8]  # a codebook that is too short for the stored indices
-    with pytest.raises(ValueError, match=r"code index 15 is outside the codebook, .* 8 levels"):
-        Q.dequantize_4bit(packed, state)
-    q, absmax = Q.quantize_blockwise_8bit(x)
-    with pytest.raises(ValueError, match=r"code index \d+ is outside the codebook"):
-        Q.dequantize_blockwise_8bit(q, absmax, code=Q.dynamic_codebook()[:100])
-
-
-def test_mismatched_packed_or_state_is_rejected():
-    packed, state = Q.quantize_4bit(torch.randn(10, 64))
-    with pytest.raises(TypeError, match="needs the uint8 packed tensor"):
-        Q.dequantize_4bit(packed.float(), state)
-    with pytest.raises(ValueError, match="packed holds 319 bytes but state.shape"):
-        Q.dequantize_4bit(packed[1:], state)
-    state.absmax = state.absmax[:-1]
-    with pytest.raises(ValueError, match="state.absmax has 9 entries but 640 values"):
-        Q.dequantize_4bit(packed, state)
 
 
 # ----------------------------------------------------------------------------- benchmark
