@@ -1,4 +1,4 @@
-"""GPU memory of a QLoRA training step, measured the way ``shared/gpu_memory_h200.md`` did.
+"""GPU memory of a QLoRA training step, one fresh process per configuration, phase by phase.
 
 One fresh Python process per row (the caching allocator and CUDA context start clean), each
 row: build the model in bf16 on the GPU (random init), ``prepare_qlora`` on the seven block
@@ -201,6 +201,7 @@ def main(argv=None) -> int:
     ap.add_argument("--out", type=Path, help="write every result as JSON here")
     ap.add_argument("--snapshot-dir", type=Path,
                     help="save allocator histories here (TinyLlama rows and --gap only)")
+    ap.add_argument("--no-row-snapshots", action="store_true", help="snapshots for --gap only")
     ap.add_argument("--one", help=argparse.SUPPRESS)  # a row spec, run in this process
     args = ap.parse_args(argv)
     _deps.import_bnb()
@@ -217,7 +218,7 @@ def main(argv=None) -> int:
     for group in args.rows:
         for name, r, B, T, optimizer, ckpt in ROWS[group]:
             snap = None
-            if args.snapshot_dir and name == "tinyllama-1.1b":
+            if args.snapshot_dir and name == "tinyllama-1.1b" and not args.no_row_snapshots:
                 args.snapshot_dir.mkdir(parents=True, exist_ok=True)
                 snap = str(args.snapshot_dir / f"{name}_{optimizer}_{'ckpt' if ckpt else 'noc'}"
                                ".pickle.gz")

@@ -316,8 +316,12 @@ class LoRALinear(LoRALayer):
             return out
         name = self.active_adapter
         A = self.lora_A[name]
-        # Adapters may be float32 under a bf16 or 4-bit base: compute in their dtype.
-        h = self.lora_dropout[name](x.to(A.weight.dtype))
+        # Adapters may be float32 under a bf16 or 4-bit base: compute in their dtype. Under
+        # autocast the matmuls cast for themselves (to the autocast dtype, whatever x is), so
+        # x goes in as it is, as PEFT does: an explicit float32 copy of every adapter input
+        # would be one more activation-sized tensor per adapter (benchmarks/README.md).
+        h = x if torch.is_autocast_enabled(x.device.type) else x.to(A.weight.dtype)
+        h = self.lora_dropout[name](h)
         # (..., k) -A-> (..., r) -B-> (..., d): never forms the d x k product B A.
         return out + (self.lora_B[name](A(h)) * self.scaling[name]).to(out.dtype)
 
