@@ -46,3 +46,24 @@ def test_no_stray_notebook_path_in_lesson_prose(path):
     assert not {i: p for i, p in bad.items() if p}, (
         f"{path.name}: notebook paths outside a link or inline code (cell index: paths)"
     )
+
+
+def deprecation_warnings(nb) -> list[tuple[int, str]]:
+    """(cell index, line) of every deprecation warning a stored output shows."""
+    return [(i, line) for i, c in enumerate(nb.cells) if c.cell_type == "code"
+            for out in c.get("outputs", []) if out.get("output_type") == "stream"
+            for line in out.get("text", "").splitlines() if "DeprecationWarning" in line]
+
+
+def test_deprecation_check_sees_a_stored_warning():
+    nb = nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell(
+        "from labkit.adapters import save_adapter", outputs=[nbformat.v4.new_output(
+            "stream", name="stderr", text="x.py:1: LabkitDeprecationWarning: use labkit.lora\n")])])
+    assert deprecation_warnings(nb) == [(0, "x.py:1: LabkitDeprecationWarning: use labkit.lora")]
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=[p.name for p in NOTEBOOKS])
+def test_lessons_call_no_deprecated_name(path):
+    """Lessons use labkit's current names: a renamed name still works (learners' workspace
+    copies are never rewritten) but warns, and a lesson must not show that warning."""
+    assert not deprecation_warnings(nbformat.read(path, as_version=4)), path.name

@@ -15,14 +15,7 @@ import numbers
 import random
 from collections.abc import Callable
 
-from labkit.checks.harness import (
-    CheckResult,
-    _call,
-    _LearnerError,
-    _not_a_number,
-    _not_callable,
-    _report,
-)
+from labkit.checks import harness as H  # the shared harness: CheckResult, _call, ...
 
 _COUNT_MISTAKES = [
     ("that is d * k, the frozen weight W; only A (r x k) and B (d x r) train",
@@ -46,7 +39,7 @@ _COUNT_MISTAKES = [
 ]
 
 
-def check_lora_param_count(fn: Callable, seed: int = 0) -> CheckResult:
+def check_lora_param_count(fn: Callable, seed: int = 0) -> H.CheckResult:
     """Check ``fn(d, k, r) -> int``: trainable parameters of a rank-r adapter on a d x k weight.
 
     The reference is ``r * d + r * k`` (B is d x r, A is r x k), written out independently of
@@ -57,7 +50,7 @@ def check_lora_param_count(fn: Callable, seed: int = 0) -> CheckResult:
     2 r d or 2 r k (square-layer shortcuts); r + d + k; r squared; a float instead of an int.
     """
     name = "lora_param_count"
-    if (bad := _not_callable(name, fn)) is not None:
+    if (bad := H._not_callable(name, fn)) is not None:
         return bad
     rng = random.Random(seed)
     cases = [(rng.choice([64, 96, 128, 320]), rng.choice([48, 80, 200]), rng.choice([2, 4, 8]))
@@ -65,14 +58,14 @@ def check_lora_param_count(fn: Callable, seed: int = 0) -> CheckResult:
     for d, k, r in cases:
         want = r * d + r * k
         try:
-            got = _call(fn, d, k, r)
-        except _LearnerError as exc:
-            return _report(name, False, f"your function raised {exc} for d={d}, k={k}, r={r}")
-        if (bad := _not_a_number(name, got, "a number (an int)")) is not None:
+            got = H._call(fn, d, k, r)
+        except H._LearnerError as exc:
+            return H._report(name, False, f"your function raised {exc} for d={d}, k={k}, r={r}")
+        if (bad := H._not_a_number(name, got, "a number (an int)")) is not None:
             return bad
         if not isinstance(got, numbers.Integral):
             if got == want:
-                return _report(
+                return H._report(
                     name,
                     False,
                     f"the value is right ({want:,}) but a count is a whole number: return an "
@@ -82,13 +75,13 @@ def check_lora_param_count(fn: Callable, seed: int = 0) -> CheckResult:
             continue
         for why, mistake in _COUNT_MISTAKES:
             if got == mistake(d, k, r) != want:
-                return _report(
+                return H._report(
                     name, False, f"for d={d}, k={k}, r={r} you return {got:,}: {why} = {want:,}"
                 )
-        return _report(
+        return H._report(
             name,
             False,
             f"for d={d}, k={k}, r={r} you return {got:,}, expected {want:,}: A is r x k and B "
             "is d x r, so r * k + d * r",
         )
-    return _report(name, True, f"r * (d + k) on {len(cases)} layers, e.g. 4096 x 11008 at r=16")
+    return H._report(name, True, f"r * (d + k) on {len(cases)} layers, e.g. 4096 x 11008 at r=16")

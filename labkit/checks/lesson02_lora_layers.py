@@ -13,17 +13,9 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from labkit.checks.harness import (
-    CheckResult,
-    _call,
-    _LearnerError,
-    _need_torch,
-    _not_callable,
-    _report,
-    _shape,
-)
+from labkit.checks import harness as H  # the shared harness: CheckResult, _call, ...
 
-# torch is imported on first use (``_need_torch(globals())``), by the checks on tensors only:
+# torch is imported on first use (``H._need_torch(globals())``), by the checks on tensors only:
 # importing labkit.checks then stays torch-free.
 torch = None
 
@@ -91,7 +83,7 @@ def _lora_case(rng: torch.Generator, n_shape, d, k, r):
     return x, W, A, B
 
 
-def check_lora_forward(fn: Callable, seed: int = 0) -> CheckResult:
+def check_lora_forward(fn: Callable, seed: int = 0) -> H.CheckResult:
     """Check ``fn(x, W, A, B, alpha, r) -> y``, LoRA's forward pass.
 
     ``y = x W^T + (alpha / r) x A^T B^T`` with ``x: (n, k)`` (or ``(b, t, k)``), ``W: (d, k)``,
@@ -105,18 +97,18 @@ def check_lora_forward(fn: Callable, seed: int = 0) -> CheckResult:
     changing W, A or B in place; a shape error inside the function; not returning a tensor.
     """
     name = "lora_forward"
-    if (bad := _not_callable(name, fn)) is not None:
+    if (bad := H._not_callable(name, fn)) is not None:
         return bad
-    _need_torch(globals())
+    H._need_torch(globals())
     rng = torch.Generator().manual_seed(seed)
     cases = [((5,), 6, 6, 2, 6.0), ((4,), 10, 12, 3, 12.0), ((2, 3), 7, 5, 2, 10.0)]
     for n_shape, d, k, r, alpha in cases:
         x, W, A, B = _lora_case(rng, n_shape, d, k, r)
         originals = [t.clone() for t in (x, W, A, B)]
-        shapes = f"x {_shape(x)}, W {_shape(W)}, A {_shape(A)}, B {_shape(B)}"
+        shapes = f"x {H._shape(x)}, W {H._shape(W)}, A {H._shape(A)}, B {H._shape(B)}"
         try:
-            y = _call(fn, x, W, A, B, alpha, r)
-        except _LearnerError as exc:
+            y = H._call(fn, x, W, A, B, alpha, r)
+        except H._LearnerError as exc:
             hint = ""
             if "shape" in str(exc) or "size" in str(exc):
                 hint = (
@@ -125,10 +117,10 @@ def check_lora_forward(fn: Callable, seed: int = 0) -> CheckResult:
                 )
             if len(n_shape) > 1:
                 hint += _BATCH_HINT
-            return _report(name, False, f"your function raised {exc} with {shapes}.{hint}")
+            return H._report(name, False, f"your function raised {exc} with {shapes}.{hint}")
         for label, before, after in zip("xWAB", originals, (x, W, A, B), strict=True):
             if not torch.equal(before, after):
-                return _report(
+                return H._report(
                     name,
                     False,
                     f"your function changed {label} in place (e.g. with += or .mul_); "
@@ -137,15 +129,16 @@ def check_lora_forward(fn: Callable, seed: int = 0) -> CheckResult:
         if not isinstance(y, torch.Tensor):
             got = type(y).__name__
             extra = " (did you forget `return`?)" if y is None else ""
-            return _report(name, False, f"return a torch.Tensor y; got {got}{extra}")
+            return H._report(name, False, f"return a torch.Tensor y; got {got}{extra}")
         want = _lora_reference(x, W, A, B, alpha, r)
         if tuple(y.shape) != tuple(want.shape):
             batch = len(n_shape) > 1
             extra = _BATCH_HINT if batch else ""
-            return _report(
+            return H._report(
                 name,
                 False,
-                f"y has shape {_shape(y)}, expected {_shape(want)} = (n, d) for {shapes}.{extra}",
+                f"y has shape {H._shape(y)}, expected {H._shape(want)} = (n, d) for "
+                f"{shapes}.{extra}",
             )
         y = y.to(torch.float64)
         if torch.allclose(y, want, rtol=1e-5, atol=1e-8):
@@ -156,15 +149,15 @@ def check_lora_forward(fn: Callable, seed: int = 0) -> CheckResult:
             except RuntimeError:  # the mistake is impossible with these shapes
                 continue
             if alt.shape == y.shape and torch.allclose(y, alt, rtol=1e-5, atol=1e-8):
-                return _report(name, False, f"{why} (seen with alpha = {alpha:g}, r = {r}).")
+                return H._report(name, False, f"{why} (seen with alpha = {alpha:g}, r = {r}).")
         err = (y - want).abs().max().item()
-        return _report(
+        return H._report(
             name,
             False,
             f"y differs from x W^T + (alpha / r) x A^T B^T by up to {err:.3g} with {shapes}, "
             f"alpha = {alpha:g}, r = {r}; compute the frozen path and the scaled update "
             "separately and compare each with the formula",
         )
-    return _report(
+    return H._report(
         name, True, f"matches x W^T + (alpha / r) x A^T B^T on {len(cases)} random layers"
     )

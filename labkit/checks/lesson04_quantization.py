@@ -14,16 +14,9 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from labkit.checks.harness import (
-    CheckResult,
-    _call,
-    _LearnerError,
-    _need_torch,
-    _not_callable,
-    _report,
-)
+from labkit.checks import harness as H  # the shared harness: CheckResult, _call, ...
 
-# torch is imported on first use (``_need_torch(globals())``), by the checks on tensors only:
+# torch is imported on first use (``H._need_torch(globals())``), by the checks on tensors only:
 # importing labkit.checks then stays torch-free.
 torch = None
 
@@ -100,32 +93,33 @@ def _as_index_tensor(codes, n: int, what: str):
     if isinstance(codes, (list, tuple)) or hasattr(codes, "__array__"):  # a list, NumPy
         codes = torch.as_tensor(codes)
     if not isinstance(codes, torch.Tensor):
-        raise _LearnerError(f"{what} must be a tensor of code indices, got {type(codes).__name__}")
+        raise H._LearnerError(f"{what} must be a tensor of code indices, got "
+                              f"{type(codes).__name__}")
     if codes.is_floating_point():
         if not torch.equal(codes, codes.round()):
-            raise _LearnerError(
+            raise H._LearnerError(
                 f"{what} holds fractions (e.g. {codes.flatten()[0].item():.3g}): return the "
                 "*index* of the nearest level (0-15), not the scaled value or the level itself"
             )
     if codes.numel() != n:
-        raise _LearnerError(
+        raise H._LearnerError(
             f"{what} has {codes.numel()} entries for {n} values: one code index per value"
         )
     return codes.reshape(-1).long()
 
 
-def _check_absmax(name, fn, cases, call) -> CheckResult:
+def _check_absmax(name, fn, cases, call) -> H.CheckResult:
     """Shared body of the two absmax checks; ``call(fn, x, code, bs)`` runs the learner's."""
     for x, code, bs in cases:
         n = x.numel()
         n_blocks = -(-n // bs)
         try:
             out = call(fn, x, code, bs)
-        except _LearnerError as exc:
-            return _report(name, False, f"your function raised {exc} (x has {n} values, "
+        except H._LearnerError as exc:
+            return H._report(name, False, f"your function raised {exc} (x has {n} values, "
                                         f"blocksize {bs})")
         if not (isinstance(out, tuple) and len(out) == 2):
-            return _report(name, False, "return a pair (codes, absmax), e.g. `return idx, "
+            return H._report(name, False, "return a pair (codes, absmax), e.g. `return idx, "
                                         f"absmax`; got {type(out).__name__}")
         codes, absmax = out
         absmax = torch.as_tensor(absmax, dtype=torch.float64).reshape(-1)
@@ -137,34 +131,34 @@ def _check_absmax(name, fn, cases, call) -> CheckResult:
             )
             if absmax.numel() == n_blocks - 1:
                 why += " (the last, partial block counts too: use range(0, n, blocksize))"
-            return _report(name, False, why)
+            return H._report(name, False, why)
         if not torch.allclose(absmax, want_absmax, rtol=1e-6, atol=0):
             for why, alt in _absmax_mistakes(x.double(), bs):
                 if alt.numel() == absmax.numel() and torch.allclose(absmax, alt, rtol=1e-6):
-                    return _report(name, False, why)
-            return _report(
+                    return H._report(name, False, why)
+            return H._report(
                 name, False, f"absmax differs from max |x| per block (block 0: you have "
                 f"{absmax[0].item():.4g}, expected {want_absmax[0].item():.4g})"
             )
         try:
             codes = _as_index_tensor(codes, n, "codes")
-        except _LearnerError as exc:
-            return _report(name, False, str(exc))
+        except H._LearnerError as exc:
+            return H._report(name, False, str(exc))
         per_value = want_absmax.repeat_interleave(bs)[:n]
         want = _nearest(x.double() / per_value, code)
         if torch.equal(codes, want):
             continue
         for why, alt in _code_mistakes(x, code, per_value, want_absmax.max()):
             if torch.equal(codes, alt.long()):
-                return _report(name, False, why)
+                return H._report(name, False, why)
         bad = (codes != want).nonzero()[0].item()
-        return _report(
+        return H._report(
             name, False, f"{int((codes != want).sum())} of {n} code indices differ, the first "
             f"at position {bad}: x = {x[bad].item():.4g}, absmax {per_value[bad].item():.4g}, "
             f"scaled {x[bad].item() / per_value[bad].item():.4g}; the nearest level is index "
             f"{want[bad].item()} ({code[want[bad]].item():.4g}), you chose {codes[bad].item()}"
         )
-    return _report(name, True, f"codes and absmax match the reference on {len(cases)} inputs")
+    return H._report(name, True, f"codes and absmax match the reference on {len(cases)} inputs")
 
 
 def _codebooks():
@@ -175,7 +169,7 @@ def _codebooks():
     return [even, (normal / normal.abs().max()).float()]
 
 
-def check_absmax_block(fn: Callable, seed: int = 0) -> CheckResult:
+def check_absmax_block(fn: Callable, seed: int = 0) -> H.CheckResult:
     """Check ``fn(block, code) -> (codes, absmax)``: absmax quantization of ONE block.
 
     ``absmax = max |block|``; ``codes[i] = argmin_j |block[i] / absmax - code[j]|`` (an index
@@ -185,9 +179,9 @@ def check_absmax_block(fn: Callable, seed: int = 0) -> CheckResult:
     instead of nearest; multiplying by the absmax; returning levels instead of indices.
     """
     name = "absmax_block"
-    if (bad := _not_callable(name, fn)) is not None:
+    if (bad := H._not_callable(name, fn)) is not None:
         return bad
-    _need_torch(globals())
+    H._need_torch(globals())
     gen = torch.Generator().manual_seed(seed)
     cases = []
     for i, code in enumerate(_codebooks() * 2):
@@ -195,10 +189,10 @@ def check_absmax_block(fn: Callable, seed: int = 0) -> CheckResult:
         if i == 1:
             x[torch.argmax(x.abs())] = -x.abs().max()  # the largest magnitude is negative
         cases.append((x, code, 64))
-    return _check_absmax(name, fn, cases, lambda f, x, code, bs: _call(f, x, code))
+    return _check_absmax(name, fn, cases, lambda f, x, code, bs: H._call(f, x, code))
 
 
-def check_absmax_quantize(fn: Callable, seed: int = 0) -> CheckResult:
+def check_absmax_quantize(fn: Callable, seed: int = 0) -> H.CheckResult:
     """Check ``fn(x, code, blocksize) -> (codes, absmax)``: blockwise absmax over a 1-D tensor.
 
     ``absmax[b] = max |x[b*bs:(b+1)*bs]|`` for ceil(n / bs) blocks (the last may be partial);
@@ -211,9 +205,9 @@ def check_absmax_quantize(fn: Callable, seed: int = 0) -> CheckResult:
     division; floor or ceiling rounding; multiplying by the absmax.
     """
     name = "absmax_quantize"
-    if (bad := _not_callable(name, fn)) is not None:
+    if (bad := H._not_callable(name, fn)) is not None:
         return bad
-    _need_torch(globals())
+    H._need_torch(globals())
     gen = torch.Generator().manual_seed(seed)
     cases = []
     sizes = [(64, 8), (96, 16), (70, 8), (40, 32)]
@@ -226,4 +220,4 @@ def check_absmax_quantize(fn: Callable, seed: int = 0) -> CheckResult:
         sign = torch.where(torch.arange(m) % 2 == 0, 4.0, -4.0)
         x[at] = sign * (1 + torch.rand(m, generator=gen))
         cases.append((x, code, bs))
-    return _check_absmax(name, fn, cases, lambda f, x, code, bs: _call(f, x, code, bs))
+    return _check_absmax(name, fn, cases, lambda f, x, code, bs: H._call(f, x, code, bs))

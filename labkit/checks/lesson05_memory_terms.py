@@ -15,14 +15,7 @@ import math
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from labkit.checks.harness import (
-    CheckResult,
-    _call,
-    _LearnerError,
-    _not_a_number,
-    _not_callable,
-    _report,
-)
+from labkit.checks import harness as H  # the shared harness: CheckResult, _call, ...
 
 
 @dataclass(frozen=True)
@@ -105,7 +98,7 @@ MEMORY_TERMS: dict[str, _Term] = {
 }
 
 
-def check_memory_term(fn: Callable, term: str = "adamw_state") -> CheckResult:
+def check_memory_term(fn: Callable, term: str = "adamw_state") -> H.CheckResult:
     """Check a function that returns the bytes of one memory term.
 
     Terms (see ``MEMORY_TERMS``): ``"adamw_state"`` ``f(n_params)``, 8 bytes per parameter;
@@ -125,24 +118,25 @@ def check_memory_term(fn: Callable, term: str = "adamw_state") -> CheckResult:
         raise ValueError(f"unknown memory term {term!r}; known: {', '.join(MEMORY_TERMS)}")
     spec = MEMORY_TERMS[term]
     name = f"memory_{term}"
-    if (bad := _not_callable(name, fn)) is not None:
+    if (bad := H._not_callable(name, fn)) is not None:
         return bad
     for args in spec.cases:
         want = spec.reference(*args)
         shown = ", ".join(f"{a:,}" for a in args)
         try:
-            got = _call(fn, *args)
-        except _LearnerError as exc:
-            return _report(name, False, f"your function raised {exc} for ({shown})")
-        if (bad := _not_a_number(name, got, "a number of bytes")) is not None:
+            got = H._call(fn, *args)
+        except H._LearnerError as exc:
+            return H._report(name, False, f"your function raised {exc} for ({shown})")
+        if (bad := H._not_a_number(name, got, "a number of bytes")) is not None:
             return bad
         if math.isclose(got, want, rel_tol=1e-9):
             continue
         for why, mistake in spec.mistakes:
             alt = mistake(*args)
             if math.isclose(got, alt, rel_tol=1e-9) and not math.isclose(alt, want):
-                return _report(name, False, f"for ({shown}) you return {got:,.6g}: {why}")
-        return _report(
+                return H._report(name, False, f"for ({shown}) you return {got:,.6g}: {why}")
+        return H._report(
             name, False, f"for ({shown}) you return {got:,.6g}, expected {want:,}: {spec.formula}"
         )
-    return _report(name, True, f"{spec.formula.split(':')[-1].strip()} on {len(spec.cases)} inputs")
+    done = spec.formula.split(":")[-1].strip()
+    return H._report(name, True, f"{done} on {len(spec.cases)} inputs")

@@ -18,18 +18,9 @@ import numbers
 import random
 from collections.abc import Callable
 
-from labkit.checks.harness import (
-    _RETURNED_NONE,
-    CheckResult,
-    _call,
-    _LearnerError,
-    _need_torch,
-    _not_callable,
-    _report,
-    _shape,
-)
+from labkit.checks import harness as H  # the shared harness: CheckResult, _call, ...
 
-# torch is imported on first use (``_need_torch(globals())``), by the checks on tensors only:
+# torch is imported on first use (``H._need_torch(globals())``), by the checks on tensors only:
 # importing labkit.checks then stays torch-free.
 torch = None
 
@@ -119,7 +110,7 @@ def _shard_case(rng: random.Random, gen: torch.Generator, W: int, b: int, T: int
     return logits, labels
 
 
-def check_shard_loss(fn: Callable, seed: int = 0) -> CheckResult:
+def check_shard_loss(fn: Callable, seed: int = 0) -> H.CheckResult:
     """Check ``fn(logits, labels, n_tokens, world_size) -> loss``, one DDP rank's loss.
 
     ``logits (b, T, V)`` and ``labels (b, T)`` (-100 where a position carries no loss) are one
@@ -141,9 +132,9 @@ def check_shard_loss(fn: Callable, seed: int = 0) -> CheckResult:
     a float (``.item()``), a non-scalar, or a tensor with no gradient.
     """
     name = "shard_loss"
-    if (bad := _not_callable(name, fn)) is not None:
+    if (bad := H._not_callable(name, fn)) is not None:
         return bad
-    _need_torch(globals())
+    H._need_torch(globals())
     # labkit.data and labkit.train import torch: deferred to keep labkit.checks light
     from labkit.data import IGNORE_INDEX
     from labkit.train import lm_loss
@@ -166,28 +157,28 @@ def check_shard_loss(fn: Callable, seed: int = 0) -> CheckResult:
         values = []
         for r, (lg, lb) in enumerate(zip(leaves, labels, strict=True)):
             try:  # a copy of the labels: changing them in place must not change the reference
-                y = _call(fn, lg, lb.clone(), n_arg, W)
-            except _LearnerError as exc:
+                y = H._call(fn, lg, lb.clone(), n_arg, W)
+            except H._LearnerError as exc:
                 hint = "" if n_kind is int else (
                     " n_tokens arrives as a tensor after an all-reduce: divide by it directly, "
                     "which works for an int and a 0-dim tensor alike")
-                return _report(name, False, f"your function raised {exc} on rank {r} ({where})."
+                return H._report(name, False, f"your function raised {exc} on rank {r} ({where})."
                                             f"{hint}")
             if y is None:
-                return _report(name, False, _RETURNED_NONE)
+                return H._report(name, False, H._RETURNED_NONE)
             if isinstance(y, numbers.Real):
-                return _report(name, False, f"you return a {type(y).__name__}, not a tensor: "
+                return H._report(name, False, f"you return a {type(y).__name__}, not a tensor: "
                                ".item() (or float(...)) cuts the graph, so backward() cannot "
                                "reach the model; return the loss tensor itself")
             if not isinstance(y, torch.Tensor):
-                return _report(name, False, "return the loss as a 0-dim torch.Tensor; got "
+                return H._report(name, False, "return the loss as a 0-dim torch.Tensor; got "
                                             f"{type(y).__name__}")
             if y.dim() != 0:
-                return _report(name, False, f"the loss has shape {_shape(y)}; return one number "
-                               "(a 0-dim tensor): sum the token losses (reduction='sum'), then "
-                               "scale")
+                return H._report(name, False,
+                                 f"the loss has shape {H._shape(y)}; return one number (a 0-dim "
+                                 "tensor): sum the token losses (reduction='sum'), then scale")
             if not y.requires_grad:
-                return _report(name, False, "the loss you return has no gradient: it is "
+                return H._report(name, False, "the loss you return has no gradient: it is "
                                "detached from the logits (.detach(), torch.tensor(...) or "
                                "torch.no_grad()); compute it from the logits with torch ops")
             values.append(y)
@@ -198,9 +189,9 @@ def check_shard_loss(fn: Callable, seed: int = 0) -> CheckResult:
                 alt = mistake(stats, N, W)
                 if (torch.allclose(got, alt, rtol=1e-5, atol=1e-7)
                         and not torch.allclose(alt, want, rtol=1e-5, atol=1e-7)):
-                    return _report(name, False, f"{why} (seen with {where}, answer tokens per "
+                    return H._report(name, False, f"{why} (seen with {where}, answer tokens per "
                                                 f"shard {counts}).")
-            return _report(
+            return H._report(
                 name, False,
                 f"the ranks' average is {got.mean().item():.6g}, but the global batch's mean "
                 f"loss is {global_mean.item():.6g} ({where}, answer tokens per shard {counts}). "
@@ -213,22 +204,22 @@ def check_shard_loss(fn: Callable, seed: int = 0) -> CheckResult:
             grads = torch.autograd.grad(ddp, leaves, allow_unused=True)
         except RuntimeError as exc:
             first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
-            return _report(name, False, f"backward() through your loss failed: {first}")
+            return H._report(name, False, f"backward() through your loss failed: {first}")
         if any(g is None for g in grads):
-            return _report(name, False, "no gradient reaches the logits from your loss: compute "
+            return H._report(name, False, "no gradient reaches the logits from your loss: compute "
                            "it from the logits passed in, with torch ops")
         ref = torch.autograd.grad(global_mean, leaves)
         for r, (g, gr) in enumerate(zip(grads, ref, strict=True)):
             if not torch.allclose(g.double(), gr.double(), rtol=1e-5,
                                   atol=1e-6 * gr.abs().max().item()):
                 err = (g.double() - gr.double()).abs().max().item()
-                return _report(
+                return H._report(
                     name, False,
                     f"the values average to the global mean loss, but the gradient DDP "
                     f"computes (sum of the ranks' gradients / world_size) differs from the "
                     f"global mean loss's on rank {r}'s logits by up to {err:.3g} ({where}); "
                     f"every part of the loss must be built from the logits: {_SHARD_FIX}")
-    return _report(
+    return H._report(
         name, True,
         f"averaged over ranks it is the global mean loss and DDP's averaged gradient is the "
         f"global mean loss's, on {len(cases)} batches split over 2, 3 and 4 ranks with unequal "
