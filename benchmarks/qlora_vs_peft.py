@@ -104,7 +104,7 @@ def speed(base, r: int, batch: int, reps: int, warm: int) -> bool:
           f"{ratio('peft+bnb', 'lora fp32', cpu):>9.3f}")
     print("(ms: median wall time; ratios: median of per-round ratios, wall and process CPU)")
 
-    nbytes = {k: qlora.base_weight_nbytes(m) for k, m in models_.items()}
+    nbytes = {k: qlora.base_weight_bytes(m) for k, m in models_.items()}
     equal = nbytes["labkit+bnb"] == nbytes["labkit+ref"] == nbytes["peft+bnb"]
     print(f"base-weight bytes: labkit {nbytes['labkit+bnb']:,d} (reference back end "
           f"{nbytes['labkit+ref']:,d}), PEFT+bnb {nbytes['peft+bnb']:,d}, float32 base "

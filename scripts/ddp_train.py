@@ -76,7 +76,7 @@ def main(argv=None) -> int:
             qlora.prepare_qlora(model, targets, r=r, alpha=alpha, dropout=args.dropout)
         else:
             lora.add_lora(model, targets, r=r, alpha=alpha, dropout=args.dropout)
-        base_bytes = qlora.base_weight_nbytes(model)  # before sharding: whole tensors
+        base_bytes = qlora.base_weight_bytes(model)  # before sharding: whole tensors
         if args.fsdp:  # each rank keeps 1/W of every weight, gathers a block to run it
             wrapped, counter = D.fully_shard_model(model, device), None
         else:  # a whole replica per rank; only the adapters join DDP's reducer

@@ -102,7 +102,8 @@ def test_estimate_agrees_on_mha_tied_and_partial_targets(cfg, method, ckpt):
                          ids=["all", "partial"])
 def test_estimate_under_autocast_counts_what_autocast_saves(targets, method, ckpt):
     """labkit's GPU path: a bf16 base, fp32 adapters, the step under torch.autocast (here on
-    the CPU). Each adapter then saves bf16 copies of its input, A's output and its weights."""
+    the CPU). Each adapter then saves its bf16 input as it is (one storage shared with the
+    other readers), A's bf16 output and bf16 copies of its weights."""
     cfg = models.ModelConfig(128, 128, 352, 2, 4, 2, max_seq_len=64, name="gqa")
     torch.manual_seed(0)
     m = models.build(cfg).to(torch.bfloat16)

@@ -4,8 +4,9 @@ GB = 10^9 bytes throughout. Agreement with measured steps is in tests/test_memor
 """
 
 import pytest
+import torch
 
-from labkit import lora, memory, models, quant
+from labkit import lora, memory, models, qlora, quant
 
 # --------------------------------------------------------------------------- published figures
 
@@ -84,3 +85,16 @@ def test_estimate_config_missing_field():
     with pytest.raises(ValueError, match="unknown model config 'llama-99b'"):
         memory.estimate("llama-99b", "full", 1, 8)
 
+
+
+@pytest.mark.parametrize("backend", ["bnb", "labkit"])
+def test_base_weight_bytes_from_a_config_is_the_built_models_plus_its_buffers(backend):
+    """memory.base_weight_bytes(config) counts what qlora.base_weight_bytes(model) counts on
+    the quantized model, plus the buffers (the RoPE tables), byte for byte."""
+    cfg = models.get_config("tiny")
+    m = models.build(cfg).to(torch.bfloat16)
+    qlora.quantize_model(m, list(memory.BLOCK_LINEARS), backend=backend,
+                         compute_dtype=torch.bfloat16)
+    rope = 2 * cfg.max_seq_len * cfg.head_dim * 2  # the cos and sin tables, bf16
+    assert rope == sum(t.numel() * t.element_size() for t in (m.rope.cos, m.rope.sin))
+    assert memory.base_weight_bytes(cfg, "nf4", "bf16") == qlora.base_weight_bytes(m) + rope

@@ -173,7 +173,7 @@ def test_report_bytes_match_an_independent_computation(pretrained, double_quant)
         total = sum(p.numel() for p in pretrained.parameters())
         assert q.base_bytes_before == 4 * total
         assert q.base_bytes_after == want + 4 * (total - numel)
-        assert qlora.base_weight_nbytes(m) == q.base_bytes_after
+        assert qlora.base_weight_bytes(m) == q.base_bytes_after
         assert {k.kind for k in q.kept} == {"embedding", "norm", "head"}
         assert sum(k.numel for k in q.kept) == total - numel
         assert "lm_head" in [k.name for k in q.kept if k.kind == "head"]

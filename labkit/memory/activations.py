@@ -56,7 +56,7 @@ def activation_terms(config, batch: int, seq_len: int, *, method: str = "full",
                             the normalised y (N d s) if the norm's weight trains
     linear, trainable W     its input (shared by q/k/v, and by gate/up: one storage)
     LoRA linear             the input (a cast copy N k s_a per layer when the adapter dtype
-                            differs) and A's output, N r s_a
+                            differs, without autocast) and A's output, N r s_a
     q @ k^T                 k expanded to H heads (N d s) if q requires grad; q (N d s) if
                             k does
     causal mask             T * T bool, a fresh one per layer
@@ -73,9 +73,12 @@ def activation_terms(config, batch: int, seq_len: int, *, method: str = "full",
 
     With ``autocast`` (the step runs under ``torch.autocast`` in the compute dtype, as
     :func:`labkit.train.train` does with ``dtype=``, and adapters in another dtype), each
-    adapter's matmuls run on compute-dtype copies: the input cast and A's output take
-    N k s and N r s, and the cast copies of B (always) and of A (when the input requires
-    grad) are saved too. On CUDA, autocast also runs softmax in float32, which keeps probs
+    adapter's matmuls run in the compute dtype: the input, already in that dtype, is saved as
+    it is (one storage per input, as for a trainable linear), A's output takes N r s, and
+    autocast's compute-dtype copies of B (always) and of A (when the input requires grad)
+    are saved too. (Before labkit passed the input as it is, each adapter saved a cast copy,
+    N k s per adapter; on CUDA those copies also outlived the layer, 438.5 MiB of a 283M
+    model's peak; see benchmarks/README.md.) On CUDA, autocast also runs softmax in float32, which keeps probs
     in float32 beside a compute-dtype copy; that is not modelled (it adds at most
     B H T^2 * 4 bytes per block).
     """
@@ -154,8 +157,12 @@ def _block_terms(cfg, B: int, T: int, st: _Setup, rg: bool) -> tuple[dict[str, i
             lora = n in st.targets
             if st.full or (lora and not st.cast):
                 saved_input = True
-            if lora and st.cast and st.autocast:  # compute-dtype copies of input and A, B
-                add("adapter input casts", N * k * s)
+            if lora and st.cast and st.autocast:
+                # The input is already in the compute dtype (the modelled autocast runs a
+                # compute-dtype base), and LoRALinear hands it to A as it is: A's matmul
+                # saves that one storage, shared with the other linears that read it. A's
+                # output is in the compute dtype, and autocast's weight copies are saved.
+                saved_input = True
                 add("adapter A outputs", N * st.r * s)
                 add("adapter weight casts", (width_out[n] + (k if in_rg else 0)) * st.r * s)
             elif lora:

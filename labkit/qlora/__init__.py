@@ -46,12 +46,14 @@ _EXPORTS = {
     ],
     ".prepare": [
         "quantize_model", "prepare_qlora", "KeptLayer", "QuantReport", "QLoRAReport",
-        "layer_nbytes", "base_weight_nbytes",
+        "layer_bytes", "base_weight_bytes",
     ],
     ".merge": [
         "QLoRALinear", "merge_qlora", "unmerge_qlora", "MergeRow", "MergeReport",
         "merged_16bit_state_dict", "save_merged_16bit",
     ],
 }
-_DEPRECATED = {"enable_gradient_checkpointing": "labkit.models.set_gradient_checkpointing"}
+_DEPRECATED = {"enable_gradient_checkpointing": "labkit.models.set_gradient_checkpointing",
+               "layer_nbytes": "labkit.qlora.layer_bytes",
+               "base_weight_nbytes": "labkit.qlora.base_weight_bytes"}
 __getattr__, __dir__, __all__ = lazy_exports(__name__, _EXPORTS, _DEPRECATED)

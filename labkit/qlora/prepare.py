@@ -4,8 +4,8 @@
 back end, :mod:`labkit.qlora.linear4bit`) and reports what it did (:class:`QuantReport`:
 the layers, bytes before and after, and what stays in higher precision and why, as
 :class:`KeptLayer` rows). :func:`prepare_qlora` does that and adds LoRA adapters on the same
-targets (:class:`QLoRAReport`). The byte counts of 4-bit layers (:func:`layer_nbytes`,
-:func:`base_weight_nbytes`) live here too; gradient checkpointing is the model's own switch,
+targets (:class:`QLoRAReport`). The byte counts of 4-bit layers (:func:`layer_bytes`,
+:func:`base_weight_bytes`) live here too; gradient checkpointing is the model's own switch,
 :func:`labkit.models.set_gradient_checkpointing`.
 
 Imports from labkit: :mod:`labkit.qlora.linear4bit` (the 4-bit layers),
@@ -50,7 +50,7 @@ def _nbytes(t: torch.Tensor | None) -> int:
     return 0 if t is None else t.numel() * t.element_size()
 
 
-def layer_nbytes(layer: nn.Module) -> int:
+def layer_bytes(layer: nn.Module) -> int:
     """Bytes a 4-bit layer stores: packed codes + quantization state (+ its bias).
 
     Equals :func:`labkit.quant.quantized_nbytes` of the weight (codebooks counted) plus the
@@ -68,15 +68,19 @@ def layer_nbytes(layer: nn.Module) -> int:
     raise TypeError(f"{type(layer).__name__} is not a 4-bit layer")
 
 
-def base_weight_nbytes(model: nn.Module) -> int:
+def base_weight_bytes(model: nn.Module) -> int:
     """Bytes of the base model's weights: every parameter except LoRA adapters, with 4-bit
-    layers counted by :func:`layer_nbytes` (codes + quantization state). Buffers that are
+    layers counted by :func:`layer_bytes` (codes + quantization state). Buffers that are
     not weights (e.g. rotary tables) are left out. Works on labkit and PEFT models alike.
+
+    The same count from a config, without building anything, is
+    :func:`labkit.memory.base_weight_bytes`, which adds the buffers a loaded model holds
+    (``tests/test_memory_estimation.py`` checks that the two differ by exactly those).
     """
     total, seen = 0, set()
     for mod in model.modules():
         if is_4bit(mod):
-            total += layer_nbytes(mod)
+            total += layer_bytes(mod)
             seen.update(id(p) for p in mod.parameters())
     for name, p in model.named_parameters():
         if id(p) in seen or ".lora_" in f".{name}":
@@ -147,7 +151,7 @@ class QuantReport:
         target_bytes_before / target_bytes_after: those layers' bytes before (their float
             dtype) and after (codes + quantization state + bias).
         base_bytes_before / base_bytes_after: the whole base model's weight bytes
-            (:func:`base_weight_nbytes`).
+            (:func:`base_weight_bytes`).
         kept: the parts that stay in higher precision, with the reason.
     """
 
@@ -251,7 +255,7 @@ def quantize_model(model: nn.Module, targets, *, quant_type: str = "nf4",
         raise ValueError(f"targets matched layers that are not plain nn.Linear: {bad[:3]}; "
                          "QLoRA quantizes linear layers only (embeddings and norms stay in "
                          "higher precision). Name linear layers, e.g. q_proj, v_proj.")
-    before = base_weight_nbytes(model)
+    before = base_weight_bytes(model)
     names, numel, t_before, t_after = [], 0, 0, 0
     for name, lin in hits:
         q = quantize_linear(lin, backend, quant_type, double_quant, blocksize, compute_dtype)
@@ -261,14 +265,14 @@ def quantize_model(model: nn.Module, targets, *, quant_type: str = "nf4",
         names.append(name)
         numel += lin.weight.numel()
         t_before += _nbytes(lin.weight) + _nbytes(lin.bias)
-        t_after += layer_nbytes(q) - _nbytes(q.bias)
+        t_after += layer_bytes(q) - _nbytes(q.bias)
         t_before -= _nbytes(lin.bias)
     for p in model.parameters():
         if p.is_floating_point():
             p.requires_grad_(False)
     disable_cpu_inference_repack(model)
     return QuantReport(backend, quant_type, double_quant, blocksize, compute_dtype, names, numel,
-                       t_before, t_after, before, base_weight_nbytes(model), _kept(model))
+                       t_before, t_after, before, base_weight_bytes(model), _kept(model))
 
 
 def prepare_qlora(model: nn.Module, targets, *, r: int = 8, alpha: float = 16,
