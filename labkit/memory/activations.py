@@ -78,9 +78,9 @@ def activation_terms(config, batch: int, seq_len: int, *, method: str = "full",
     autocast's compute-dtype copies of B (always) and of A (when the input requires grad)
     are saved too. (Before labkit passed the input as it is, each adapter saved a cast copy,
     N k s per adapter; on CUDA those copies also outlived the layer, 438.5 MiB of a 283M
-    model's peak; see benchmarks/README.md.) On CUDA, autocast also runs softmax in float32, which keeps probs
-    in float32 beside a compute-dtype copy; that is not modelled (it adds at most
-    B H T^2 * 4 bytes per block).
+    model's peak; see benchmarks/README.md.) On CUDA, autocast also runs softmax in float32,
+    which keeps probs in float32 beside a compute-dtype copy; that is not modelled (it adds
+    at most B H T^2 * 4 bytes per block).
     """
     cfg = _get_config(config)
     B, T = _positive_int("batch", batch), _positive_int("seq_len", seq_len)
