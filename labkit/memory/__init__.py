@@ -26,6 +26,9 @@ Modules (each imports only the ones before it, and torch, :mod:`labkit.models`,
     activations   :func:`activation_terms`: the saved tensors of a step, op by op
     estimation    :func:`estimate` from the architecture: weights, gradients, optimizer
                   state, plus the activation terms; :func:`base_weight_bytes`
+    peak          :func:`estimate_peak`: the CUDA allocator's peak of a step, the largest
+                  of its moments (forward, backward, optimizer step), and what a card
+                  must hold beside it (CUDA context, paged optimizer state)
 
 This ``__init__`` re-exports their names lazily and imports no torch itself.
 """
@@ -38,6 +41,8 @@ _EXPORTS = {
     ".measurement": ["weight_bytes", "model_storages", "SavedTensorCounter", "optimizer_bytes",
                      "measure", "_storage_key"],
     ".activations": ["activation_terms"],
+    ".peak": ["estimate_peak", "PeakEstimate", "CUBLAS_WORKSPACE", "CUBLAS_HANDLES",
+              "CUDA_CONTEXT", "PAGED_MIN_NUMEL", "LOOPS"],
     ".estimation": ["QUANT_DTYPES", "ADAM8BIT_BLOCKSIZE", "ADAM8BIT_MIN_SIZE", "estimate",
                     "base_weight_bytes"],
 }

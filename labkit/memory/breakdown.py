@@ -47,6 +47,7 @@ GB = 10**9
 MB = 10**6
 #: GPU memory is sold in binary units: an "80 GB" card holds 80 GiB = 80 * 2^30 bytes.
 GiB = 2**30
+MiB = 2**20
 
 
 # --------------------------------------------------------------------------- the breakdown
