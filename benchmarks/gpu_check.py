@@ -277,6 +277,9 @@ def main(argv=None) -> int:
     ap.add_argument("--steps", type=int, default=None, help="timed steps per contender")
     ap.add_argument("--batch", type=int, default=None)
     ap.add_argument("--checkpointing", action="store_true", help="gradient checkpointing")
+    ap.add_argument("--memory", action="store_true",
+                    help="also gpu_memory.py's rows: TinyLlama's three and one 7B, a fresh "
+                         "process each, measured peak beside labkit.memory.estimate_peak")
     ap.add_argument("--quant-only", action="store_true",
                     help="only compare labkit's quantizer with bitsandbytes'")
     args = ap.parse_args(argv)
@@ -356,6 +359,11 @@ def main(argv=None) -> int:
     print("est. MiB: labkit.memory.estimate of the same step (weights, quantization state, "
           "grads, optimizer, saved activations; no CUDA context or allocator cache)")
     ok &= ddp_check(args.dry_run)
+    if args.memory:  # the measured table's protocol, one fresh process per row
+        import gpu_memory  # noqa: PLC0415  (only this option needs it)
+
+        rows = ["tinyllama"] if args.dry_run else ["tinyllama", "7b"]
+        ok &= gpu_memory.main(["--rows", *rows] + (["--dry-run"] if args.dry_run else [])) == 0
     if args.dry_run:
         print("dry run OK" if ok else "dry run FAILED")
     else:

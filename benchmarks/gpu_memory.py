@@ -17,6 +17,8 @@ optimizer step. Recorded per row, besides the table's resident and peak bytes:
 ``--gap`` compares, on gpu_check's 283M model (r=8, batch 32 x 20, no checkpointing), the
 phases and the saved tensors of labkit's QLoRA against PEFT + bitsandbytes, built the same way.
 
+Each row prints the measured peak beside :func:`labkit.memory.estimate_peak`'s.
+
     python benchmarks/gpu_memory.py --rows tinyllama --out results.json   # on a CUDA GPU
     python benchmarks/gpu_memory.py --dry-run                             # CPU smoke test
 """
@@ -88,15 +90,19 @@ def saved_tensors(model, ids) -> list:
     return [(list(s), str(d).removeprefix("torch."), n) for s, d, n in c.records]
 
 
-def run_steps(m, opt, ids, cuda: bool, steps: int = 3, snapshot: Path | None = None) -> dict:
-    """The table's three steps, in labkit's loop order, with a phase mark after each part."""
+def run_steps(m, opt, ids, cuda: bool, steps: int = 3, snapshot: Path | None = None,
+              whole: bool = False) -> dict:
+    """The table's three steps, in labkit's loop order, with a phase mark after each part.
+
+    ``snapshot``: record the allocator's history of the last step (``whole``: of every step,
+    so that what the first step leaves behind is attributed too)."""
     ph = Phases(cuda)
     if cuda:
         torch.cuda.synchronize()
         torch.cuda.reset_peak_memory_stats()
     resident = torch.cuda.memory_allocated() if cuda else 0
     for step in range(steps):
-        if snapshot is not None and cuda and step == steps - 1:
+        if snapshot is not None and cuda and step == (0 if whole else steps - 1):
             torch.cuda.memory._record_memory_history(context="all", stacks="python",
                                                      max_entries=400_000)
         with torch.autocast(ids.device.type, dtype=torch.bfloat16, enabled=cuda):
@@ -123,7 +129,7 @@ def run_steps(m, opt, ids, cuda: bool, steps: int = 3, snapshot: Path | None = N
 
 
 def one_row(name: str, r: int, B: int, T: int, optimizer: str, ckpt: bool, dry: bool,
-            snapshot: Path | None) -> dict:
+            snapshot: Path | None, whole: bool = False) -> dict:
     cuda = torch.cuda.is_available() and not dry
     device = torch.device("cuda" if cuda else "cpu")
     cfg = models.get_config(name)
@@ -147,16 +153,19 @@ def one_row(name: str, r: int, B: int, T: int, optimizer: str, ckpt: bool, dry: 
                         gradient_checkpointing=ckpt)
     opt = train.make_optimizer(m, optimizer, lr=1e-4)
     ids = torch.randint(0, cfg.vocab_size, (B, T + 1), device=device)
-    out.update(run_steps(m, opt, ids, cuda, snapshot=snapshot))
+    out.update(run_steps(m, opt, ids, cuda, snapshot=snapshot, whole=whole))
     est = memory.estimate(cfg, "qlora", batch=B, seq_len=T, compute_dtype="bf16",
                           optimizer=optimizer, r=r, targets=ALL7, gradient_checkpointing=ckpt,
                           autocast=True)
-    out["estimate_at_run"] = est.total
+    out["estimate_at_run"] = est.total  # what the step holds, summed (not a peak)
     out["saved_bytes_estimate_at_run"] = est.activations
+    pk = memory.estimate_peak(cfg, "qlora", B, T, optimizer=optimizer, r=r, targets=ALL7,
+                              gradient_checkpointing=ckpt)
+    out["peak_estimate"], out["peak_moment"] = pk.peak, pk.moment
     return out
 
 
-def gap(dry: bool, snapshot_dir: Path | None) -> dict:
+def gap(dry: bool, snapshot_dir: Path | None, whole: bool = False) -> dict:
     """labkit vs PEFT + bitsandbytes on gpu_check's 283M model: phases and saved tensors."""
     sys.path.insert(0, str(Path(__file__).resolve().parent))
     import gpu_check  # noqa: PLC0415  (the same builders and adapter init as the GPU check)
@@ -178,7 +187,7 @@ def gap(dry: bool, snapshot_dir: Path | None) -> dict:
         opt = train.make_optimizer(m, "paged_adamw", lr=1e-3)
         m.train()
         snap = snapshot_dir / f"gap_{c}.pickle.gz" if snapshot_dir and cuda else None
-        row = run_steps(m, opt, ids, cuda, snapshot=snap)
+        row = run_steps(m, opt, ids, cuda, snapshot=snap, whole=whole)
         row["model_bytes"] = row["resident"] - before
         row["before"] = before
         rec = saved_tensors(m, ids)
@@ -202,6 +211,8 @@ def main(argv=None) -> int:
     ap.add_argument("--snapshot-dir", type=Path,
                     help="save allocator histories here (TinyLlama rows and --gap only)")
     ap.add_argument("--no-row-snapshots", action="store_true", help="snapshots for --gap only")
+    ap.add_argument("--whole-history", action="store_true",
+                    help="record every step's allocations, not only the last step's")
     ap.add_argument("--one", help=argparse.SUPPRESS)  # a row spec, run in this process
     args = ap.parse_args(argv)
     _deps.import_bnb()
@@ -210,7 +221,8 @@ def main(argv=None) -> int:
         spec = json.loads(args.one)
         snap = spec.pop("snapshot", None)
         snap = Path(snap) if snap else None
-        print(json.dumps(one_row(**spec, dry=args.dry_run, snapshot=snap)))
+        print(json.dumps(one_row(**spec, dry=args.dry_run, snapshot=snap,
+                                 whole=args.whole_history)))
         return 0
 
     results = {"device": torch.cuda.get_device_name(0) if torch.cuda.is_available() else "cpu",
@@ -226,6 +238,7 @@ def main(argv=None) -> int:
                     "snapshot": snap}
             cmd = [sys.executable, __file__, "--one", json.dumps(spec)]
             cmd += ["--dry-run"] if args.dry_run else []
+            cmd += ["--whole-history"] if args.whole_history else []
             p = subprocess.run(cmd, capture_output=True, text=True)  # a fresh process per row
             if p.returncode != 0:
                 print(p.stderr[-3000:], file=sys.stderr)
@@ -233,11 +246,11 @@ def main(argv=None) -> int:
             row = json.loads(p.stdout.strip().splitlines()[-1])
             results["rows"].append(row)
             print(f"{name:<15} r={r:<3} {B}x{T:<4} {optimizer:<12} ckpt={ckpt!s:<5} resident"
-                  f"{_fmt(row.get('resident'))} peak{_fmt(row.get('peak'))} est"
-                  f"{_fmt(row['estimate_at_run'])} build peak{_fmt(row.get('build_peak'))}"
+                  f"{_fmt(row.get('resident'))} peak{_fmt(row.get('peak'))} est. peak"
+                  f"{_fmt(row['peak_estimate'])} build peak{_fmt(row.get('build_peak'))}"
                   f" outside{_fmt(row.get('outside_allocator'))}", flush=True)
     if args.gap:
-        results["gap"] = gap(args.dry_run, args.snapshot_dir)
+        results["gap"] = gap(args.dry_run, args.snapshot_dir, args.whole_history)
         for c, row in results["gap"].items():
             print(f"283M {c:<7} model{_fmt(row['model_bytes'])} peak{_fmt(row.get('peak'))} "
                   f"saved{_fmt(row['saved_total'])} ({len(row['saved'])} tensors)", flush=True)

@@ -79,3 +79,19 @@ def test_bad_input_is_refused():
         memory.estimate_peak("tiny", "full")
     with pytest.raises(ValueError, match="unknown loop 'keras'"):
         memory.estimate_peak("tiny", "qlora", loop="keras")
+
+
+def test_gpu_memory_script_runs_a_row_on_the_cpu():
+    """benchmarks/gpu_memory.py's row (the fixture's protocol) runs end to end in its dry
+    mode: three steps, a phase mark after each part, the estimate beside it."""
+    import importlib.util
+
+    path = Path(__file__).parent.parent / "benchmarks" / "gpu_memory.py"
+    spec = importlib.util.spec_from_file_location("gpu_memory", path)
+    gm = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(gm)
+    row = gm.one_row("tinyllama-1.1b", 64, 1, 512, "adamw", True, dry=True, snapshot=None)
+    assert [p["phase"] for p in row["phases"]] == [
+        f"{i}:{p}" for i in range(3) for p in ("forward", "backward", "step")]
+    assert row["peak_moment"] in memory.estimate_peak("tiny", "qlora", 2, 16, r=64,
+                                                      gradient_checkpointing=True).moments
