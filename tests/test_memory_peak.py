@@ -95,3 +95,29 @@ def test_gpu_memory_script_runs_a_row_on_the_cpu():
         f"{i}:{p}" for i in range(3) for p in ("forward", "backward", "step")]
     assert row["peak_moment"] in memory.estimate_peak("tiny", "qlora", 2, 16, r=64,
                                                       gradient_checkpointing=True).moments
+
+
+def test_will_it_fit_verdicts_follow_the_peak_estimate():
+    cap = memory.CARDS["laptop-8gb"].bytes
+    kw = {"r": 64}
+    no_ckpt = memory.estimate_peak("llama-2-7b", "qlora", 1, 512, hopper=False, **kw)
+    assert no_ckpt.peak + no_ckpt.context > cap  # so the verdict must be "does not fit"
+    rep = memory.will_it_fit("llama-2-7b", "laptop-8gb", **kw)
+    assert rep.verdict == "does not fit" and "gradient checkpointing" in rep.levers
+    ckpt = memory.will_it_fit("llama-2-7b", "laptop-8gb", gradient_checkpointing=True, **kw)
+    assert ckpt.verdict == "fits" and ckpt.levers == []
+    # rank 128: AdamW's moments tip it over, paged AdamW moves them out of the allocator
+    big = memory.will_it_fit("llama-2-7b", "laptop-8gb", r=128, gradient_checkpointing=True)
+    assert big.estimate.peak + big.estimate.context > cap
+    assert big.paged_estimate.peak + big.paged_estimate.context <= cap
+    assert big.verdict == "fits only with a paged optimizer" and "rank 64" in big.levers
+    assert "unified memory" in str(big)
+
+
+def test_a_card_without_bf16_computes_in_fp16_and_unknown_cards_are_named():
+    rep = memory.will_it_fit("tinyllama-1.1b", "t4", r=64, gradient_checkpointing=True)
+    same = memory.estimate_peak("tinyllama-1.1b", "qlora", 1, 512, r=64, compute_dtype="fp16",
+                                hopper=False, gradient_checkpointing=True)
+    assert rep.estimate.moments == same.moments and rep.verdict == "fits"
+    with pytest.raises(ValueError, match="unknown card 'v100'.*t4"):
+        memory.will_it_fit("tiny", "v100")

@@ -29,6 +29,7 @@ Modules (each imports only the ones before it, and torch, :mod:`labkit.models`,
     peak          :func:`estimate_peak`: the CUDA allocator's peak of a step, the largest
                   of its moments (forward, backward, optimizer step), and what a card
                   must hold beside it (CUDA context, paged optimizer state)
+    cards         :func:`will_it_fit`: named GPUs, a verdict, the settings that help
 
 This ``__init__`` re-exports their names lazily and imports no torch itself.
 """
@@ -43,6 +44,7 @@ _EXPORTS = {
     ".activations": ["activation_terms"],
     ".peak": ["estimate_peak", "PeakEstimate", "CUBLAS_WORKSPACE", "CUBLAS_HANDLES",
               "CUDA_CONTEXT", "PAGED_MIN_NUMEL", "LOOPS"],
+    ".cards": ["will_it_fit", "FitReport", "Card", "CARDS", "VERDICTS"],
     ".estimation": ["QUANT_DTYPES", "ADAM8BIT_BLOCKSIZE", "ADAM8BIT_MIN_SIZE", "estimate",
                     "base_weight_bytes"],
 }
