@@ -28,6 +28,8 @@ check_lora_param_count     ``f(d, k, r) -> int``, r (d + k)                     
 check_absmax_block         ``f(block, code) -> (codes, absmax)`` for one block    04
 check_absmax_quantize      ``f(x, code, blocksize) -> (codes, absmax)``, all blocks  04
 check_memory_term          ``f(...) -> bytes`` for a named term (see MEMORY_TERMS)  05-07
+check_gradient_bytes       ``f(cfg, r, targets) -> bytes``, predicted, then       06
+                           measured on a real LoRA step by memory.measure
 check_shard_loss           ``f(logits, labels, n_tokens, world_size) -> loss``,  09
                            world_size * S_r / N (S_r: the shard's summed token
                            losses, N: answer tokens of the whole global batch)
@@ -36,7 +38,8 @@ check_shard_loss           ``f(logits, labels, n_tokens, world_size) -> loss``, 
 Modules: ``harness`` (the protocol line, calling the learner's code, reporting), then one
 module per lesson's exercises: ``lesson01_lora`` (parameter count), ``lesson02_lora_layers``
 (LoRA forward), ``lesson04_quantization`` (absmax), ``lesson05_memory_terms`` (bytes of a
-memory term, lessons 05-07), ``lesson09_scaling_out`` (a DDP rank's loss).
+memory term, lessons 05-07), ``lesson06_memory`` (a prediction set against a measured step),
+``lesson09_scaling_out`` (a DDP rank's loss).
 
 Imports: this ``__init__`` imports nothing heavy; the names below load on first use, and
 torch only when a check on tensors runs, so a check of plain arithmetic (a count, a number
@@ -52,6 +55,7 @@ _EXPORTS = {
     ".lesson02_lora_layers": ["check_lora_forward"],
     ".lesson04_quantization": ["check_absmax_block", "check_absmax_quantize"],
     ".lesson05_memory_terms": ["MEMORY_TERMS", "check_memory_term"],
+    ".lesson06_memory": ["check_gradient_bytes"],
     ".lesson09_scaling_out": ["check_shard_loss"],
 }
 __getattr__, __dir__, __all__ = lazy_exports(__name__, _EXPORTS)
