@@ -34,10 +34,14 @@ from labkit.quant.bnb_rules import _cuda_code_index, _scale_blocks_cuda
 from labkit.quant.codebooks import CODEBOOKS
 from labkit.quant.fast_lookup import _code_lookup, _pair_table
 from labkit.quant.inputs import (
+    _as_int,
     _check_blocksize,
+    _check_codebook,
+    _check_flag,
     _check_float_input,
     _check_kernel,
     _check_quant_type,
+    _check_tensor,
     _raise_not_finite,
 )
 from labkit.quant.state import (
@@ -136,6 +140,8 @@ def nearest_code_index(scaled: torch.Tensor, code: torch.Tensor) -> torch.Tensor
     Returns:
         uint8 tensor of ``scaled``'s shape (or int64 when the code has more than 256 levels).
     """
+    _check_tensor(scaled, "scaled")
+    _check_codebook(code, "code")
     bounds, order = _sorted_bounds(code.to(scaled.device))
     position = torch.bucketize(scaled, bounds)
     index = order[position]
@@ -163,16 +169,33 @@ def pack_nibbles(codes: torch.Tensor, fill: int = 0) -> torch.Tensor:
 
     Args:
         codes: uint8 tensor of values 0..15, any shape (flattened).
-        fill: the nibble that pads an odd count (``quantize_4bit`` pads with the code of 0.0
-            instead, before this step, as bitsandbytes does).
+        fill: the nibble (0..15) that pads an odd count (``quantize_4bit`` pads with the code
+            of 0.0 instead, before this step, as bitsandbytes does).
 
     Returns:
         uint8 tensor of shape (ceil(n / 2),).
+
+    Raises:
+        TypeError: ``codes`` is not a uint8 tensor.
+        ValueError: a code above 15 (it would spill into its neighbour's nibble), or a
+            ``fill`` outside 0..15.
     """
-    if codes.dtype != torch.uint8:
-        raise TypeError(
-            f"pack_nibbles needs uint8 codes, got {codes.dtype}; use codes.to(torch.uint8)"
+    if not isinstance(codes, torch.Tensor) or codes.dtype != torch.uint8:
+        got = codes.dtype if isinstance(codes, torch.Tensor) else type(codes).__name__
+        raise TypeError(f"pack_nibbles needs uint8 codes, got {got}; use codes.to(torch.uint8)")
+    fill = _as_int(fill, "fill", low=0)
+    if fill > 15:
+        raise ValueError(f"fill must be a 4-bit code 0..15, got {fill}")
+    if codes.numel() and int(codes.max()) > 15:
+        raise ValueError(
+            f"pack_nibbles got code {int(codes.max())}; 4-bit codes are 0..15 (a larger one "
+            "would spill into its neighbour's nibble). Are these 8-bit codes?"
         )
+    return _pack_nibbles(codes, fill)
+
+
+def _pack_nibbles(codes: torch.Tensor, fill: int = 0) -> torch.Tensor:
+    """``pack_nibbles`` without its checks, for codes known to be 0..15 (``quantize_4bit``)."""
     flat = codes.reshape(-1)
     if flat.numel() % 2:
         flat = torch.cat([flat, flat.new_full((1,), fill)])
@@ -181,10 +204,23 @@ def pack_nibbles(codes: torch.Tensor, fill: int = 0) -> torch.Tensor:
 
 
 def unpack_nibbles(packed: torch.Tensor, n: int | None = None) -> torch.Tensor:
-    """Inverse of ``pack_nibbles``: uint8 codes 0..15, shape (n,) (default: 2 per byte)."""
-    if packed.dtype != torch.uint8:
-        raise TypeError(f"unpack_nibbles needs uint8 bytes, got {packed.dtype}")
+    """Inverse of ``pack_nibbles``: uint8 codes 0..15, shape (n,) (default: 2 per byte).
+
+    ``n`` is the count that was packed: 2 * bytes, or 2 * bytes - 1 when it was odd; any
+    other count means ``packed`` holds another tensor's codes (ValueError).
+    """
+    if not isinstance(packed, torch.Tensor) or packed.dtype != torch.uint8:
+        got = packed.dtype if isinstance(packed, torch.Tensor) else type(packed).__name__
+        raise TypeError(f"unpack_nibbles needs uint8 bytes, got {got}")
     flat = packed.reshape(-1)
+    if n is not None:
+        n = _as_int(n, "n", low=0)
+        if (n + 1) // 2 != flat.numel():
+            raise ValueError(
+                f"unpack_nibbles: {flat.numel()} bytes hold {2 * flat.numel() - 1} or "
+                f"{2 * flat.numel()} codes, not n={n}; pass the count that was packed (or "
+                "slice the result)"
+            )
     codes = torch.stack([flat >> 4, flat & 0x0F], dim=1).reshape(-1)
     return codes if n is None else codes[:n]
 
@@ -230,13 +266,16 @@ def quantize_4bit(
         state: the ``QuantState`` to dequantize with.
 
     Raises:
-        TypeError: ``x`` is not a float32/bfloat16/float16 tensor.
-        ValueError: empty ``x``, NaN or inf in ``x``, unsupported blocksize, quant_type or
+        TypeError: ``x`` is not a float32/bfloat16/float16 tensor; ``double_quant`` is not
+            True or False.
+        ValueError: empty ``x``, NaN or inf in ``x``, unsupported blocksize (an int from
+            ``BLOCKSIZES``; numpy integers pass, floats and bools do not), quant_type or
             kernel.
     """
     _check_float_input(x, "quantize_4bit")
-    _check_blocksize(blocksize)
+    blocksize = _check_blocksize(blocksize)
     _check_quant_type(quant_type)
+    _check_flag(double_quant, "double_quant")
     kernel = _check_kernel(kernel, x.device)
     if quant_type == "int4":  # labkit's own format, not bitsandbytes': one rule everywhere
         kernel = "cpu"
@@ -246,7 +285,7 @@ def quantize_4bit(
     # The rule is ``_exact_rule`` (``nearest_code_index`` on the CPU). It runs through a
     # look-up table, an optimization that gives the same codes (``fast_lookup``).
     codes = _code_lookup(_exact_rule, quant_type, kernel, x.device)(scaled)
-    packed = pack_nibbles(codes).unsqueeze(1)
+    packed = _pack_nibbles(codes).unsqueeze(1)  # codes are 0..15: no need to check them
 
     state = QuantState(
         absmax=absmax,
@@ -292,30 +331,26 @@ def dequantize_4bit(packed: torch.Tensor, state: QuantState) -> torch.Tensor:
         Tensor of ``state.shape`` and ``state.dtype``.
 
     Raises:
-        TypeError: ``packed`` is not uint8.
-        ValueError: ``packed`` or the state's tensors do not fit ``state.shape``, or a code
-            index points outside the codebook.
+        TypeError: ``packed`` is not uint8, ``state`` is not a ``QuantState``, a field of the
+            state has the wrong type, or ``state.dtype`` is not float32/bfloat16/float16.
+        ValueError: the state's fields do not fit together (``QuantState.check``: e.g. uint8
+            absmax without ``nested_absmax``), ``packed`` does not fit ``state.shape`` or
+            lies on another device, or a code index points outside the codebook.
     """
     if not isinstance(packed, torch.Tensor) or packed.dtype != torch.uint8:
         got = packed.dtype if isinstance(packed, torch.Tensor) else type(packed).__name__
         raise TypeError(
             f"dequantize_4bit needs the uint8 packed tensor from quantize_4bit, got {got}"
         )
+    if not isinstance(state, QuantState):
+        raise TypeError(
+            f"dequantize_4bit needs the labkit.quant.QuantState that quantize_4bit returned, "
+            f"got {type(state).__module__}.{type(state).__name__} (a bitsandbytes state goes "
+            "to bitsandbytes.functional.dequantize_4bit)"
+        )
+    state.check(packed)  # O(1): fields that fit together and fit packed, before any work
     n, blocksize = state.numel, state.blocksize
-    _check_blocksize(blocksize)
-    if packed.numel() != (n + 1) // 2:
-        raise ValueError(
-            f"packed holds {packed.numel()} bytes but state.shape {tuple(state.shape)} needs "
-            f"{(n + 1) // 2} (two 4-bit codes per byte); packed and state do not belong together"
-        )
-    if state.absmax.numel() != state.n_blocks:
-        raise ValueError(
-            f"state.absmax has {state.absmax.numel()} entries but {n} values in blocks of "
-            f"{blocksize} need {state.n_blocks}"
-        )
     code = state.code.to(torch.float32)
-    if code.numel() > 16:
-        raise ValueError(f"a 4-bit codebook has at most 16 levels, state.code has {code.numel()}")
     flat_bytes = packed.reshape(-1)
     if code.numel() < 16:
         largest = int(torch.maximum(flat_bytes >> 4, flat_bytes & 0x0F).max())
@@ -326,7 +361,7 @@ def dequantize_4bit(packed: torch.Tensor, state: QuantState) -> torch.Tensor:
             )
         code = torch.cat([code, code.new_zeros(16 - code.numel())])
 
-    absmax = state.float_absmax().to(torch.float32)
+    absmax = state._float_absmax().to(torch.float32)
     pairs = _pair_table(code).index_select(0, flat_bytes.to(torch.int32))
     values = pairs.view(torch.float32)[:n]
     full = n - n % blocksize

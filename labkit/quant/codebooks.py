@@ -18,6 +18,8 @@ May import: torch (through ``labkit._deps``), :mod:`labkit.quant.inputs`.
 
 from __future__ import annotations
 
+import numbers
+
 from labkit._deps import torch  # one clear line when torch is missing
 
 from labkit.quant.inputs import _check_quant_type
@@ -55,7 +57,16 @@ def nf4_codebook(offset: float = NF4_OFFSET) -> torch.Tensor:
     Returns:
         float32 tensor of shape (16,), sorted ascending, ``[0] == -1``, ``[7] == 0``,
         ``[15] == 1``. Index i is the 4-bit code i.
+
+    Raises:
+        ValueError: ``offset`` is not a number strictly between 0.5 and 1 (at 1 the end
+            quantile is infinite, at 0.5 or below the levels collapse or change sides).
     """
+    if isinstance(offset, bool) or not isinstance(offset, numbers.Real) or not 0.5 < offset < 1:
+        raise ValueError(
+            f"offset must be a probability strictly between 0.5 and 1, got {offset!r}; "
+            f"the default NF4_OFFSET is {NF4_OFFSET}"
+        )
     p_pos = torch.linspace(offset, 0.5, 9, dtype=torch.float32)[:-1].double()
     p_neg = torch.linspace(offset, 0.5, 8, dtype=torch.float32)[:-1].double()
     positive = torch.special.ndtri(p_pos)  # Phi^-1, the normal quantile function

@@ -26,7 +26,16 @@ from labkit._deps import torch  # one clear line when torch is missing
 
 from labkit.quant.bnb_rules import _LUT_SIZE, _cuda_8bit_search, _flush_subnormals, _grid_table
 from labkit.quant.codebooks import dynamic_codebook
-from labkit.quant.inputs import _check_float_input, _check_kernel, _raise_not_finite
+from labkit.quant.inputs import (
+    _as_int,
+    _check_codebook,
+    _check_float_input,
+    _check_kernel,
+    _check_sorted_code,
+    _check_state,
+    _check_tensor,
+    _raise_not_finite,
+)
 
 # --------------------------------------------------------------------------------------
 # Quantization state
@@ -54,6 +63,10 @@ class QuantState:
             the quantized absmax values.
         nested_code: double quantization only: the float32 (256,) dynamic code.
         nested_blocksize: absmax values per nested block (256).
+
+    The double-quantization fields come together: uint8 ``absmax`` with ``nested_absmax``
+    and ``offset`` (``nested_code`` None means ``dynamic_codebook()``), or float ``absmax``
+    and none of them. :meth:`check` refuses any other mix, and wrong sizes or types.
     """
 
     absmax: torch.Tensor
@@ -95,8 +108,29 @@ class QuantState:
             nested_code=move(self.nested_code), nested_blocksize=self.nested_blocksize,
         )
 
+    def check(self, packed: torch.Tensor | None = None) -> None:
+        """Refuse a state whose fields do not fit together, or do not fit ``packed``.
+
+        O(1): types, dtypes, sizes and devices, no values (a state from ``quantize_4bit``
+        passes). ``dequantize_4bit`` calls it before any arithmetic.
+
+        Raises:
+            TypeError: a field of the wrong type, or a ``dtype`` that is not float32,
+                bfloat16 or float16.
+            ValueError: an unknown ``quant_type`` or block size, sizes that disagree with
+                ``shape`` and ``blocksize``, a half-present double quantization (e.g.
+                uint8 ``absmax`` without ``nested_absmax``, whose codes would otherwise be
+                read as scales), tensors on another device than ``packed``.
+        """
+        _check_state(self, packed)
+
     def float_absmax(self) -> torch.Tensor:
         """The float32 absmax per block (dequantizing it first under double quantization)."""
+        self.check()
+        return self._float_absmax()
+
+    def _float_absmax(self) -> torch.Tensor:
+        """``float_absmax`` for a state that passed :meth:`check`."""
         if not self.double_quant:
             return self.absmax
         # bnb detail: bnb dequantizes the 8-bit absmax to float32, then adds the offset.
@@ -145,12 +179,13 @@ def quantize_blockwise_8bit(
         absmax: float32 (ceil(numel / blocksize),).
     """
     _check_float_input(x, "quantize_blockwise_8bit")
-    if not isinstance(blocksize, int) or blocksize <= 0:
-        raise ValueError(f"blocksize must be a positive int, got {blocksize!r}")
+    blocksize = _as_int(blocksize, "blocksize")
     kernel = _check_kernel(kernel, x.device)
-    code = _dynamic_code(x.device) if code is None else code.to(x.device, torch.float32)
-    if code.numel() != 256:
-        raise ValueError(f"an 8-bit codebook has 256 levels, got {code.numel()}")
+    if code is None:
+        code = _dynamic_code(x.device)
+    else:
+        _check_sorted_code(code)
+        code = code.to(x.device, torch.float32)
     flat = x.reshape(-1).float()
     n = flat.numel()
     n_blocks = -(-n // blocksize)
@@ -183,11 +218,23 @@ def dequantize_blockwise_8bit(
     blocksize: int = DOUBLE_QUANT_BLOCKSIZE,
 ) -> torch.Tensor:
     """Undo ``quantize_blockwise_8bit``: float32 ``code[q] * absmax[block]``, shape of ``q``."""
-    if q.dtype != torch.uint8:
-        raise TypeError(f"dequantize_blockwise_8bit needs uint8 indices, got {q.dtype}")
-    code = _dynamic_code(q.device) if code is None else code.to(q.device, torch.float32)
-    if code.numel() > 256:
-        raise ValueError(f"an 8-bit codebook has at most 256 levels, got {code.numel()}")
+    if not isinstance(q, torch.Tensor) or q.dtype != torch.uint8:
+        got = q.dtype if isinstance(q, torch.Tensor) else type(q).__name__
+        raise TypeError(f"dequantize_blockwise_8bit needs uint8 indices, got {got}")
+    _check_tensor(absmax, "absmax")
+    if not absmax.is_floating_point():
+        raise TypeError(
+            f"absmax must hold the float scales quantize_blockwise_8bit returned, got "
+            f"{absmax.dtype}; were the arguments swapped?"
+        )
+    if absmax.device != q.device:
+        raise ValueError(f"absmax is on {absmax.device} but q on {q.device}; move one of them")
+    blocksize = _as_int(blocksize, "blocksize")
+    if code is None:
+        code = _dynamic_code(q.device)
+    else:
+        _check_codebook(code, "code", 256)
+        code = code.to(q.device, torch.float32)
     n = q.numel()
     if absmax.numel() != -(-n // blocksize):
         raise ValueError(

@@ -18,7 +18,7 @@ import math
 from labkit._deps import torch  # one clear line when torch is missing
 
 from labkit.quant.blockwise import dequantize_4bit, quantize_4bit
-from labkit.quant.inputs import _check_blocksize, _check_quant_type
+from labkit.quant.inputs import _as_int, _check_blocksize, _check_flag, _check_quant_type
 from labkit.quant.state import DOUBLE_QUANT_BLOCKSIZE, QuantState
 
 
@@ -42,11 +42,16 @@ def quantized_nbytes(
     with blocks = ceil(numel / blocksize) and nested blocks = ceil(blocks / 256). The
     codebooks are per-layer constants in bitsandbytes' saved state ("quant_map",
     "nested_quant_map"); in memory they could be shared, hence the switch.
+
+    Counts (``numel``, ``blocksize``, ``nested_blocksize``) are ints (numpy integers pass;
+    floats and bools raise ``ValueError``); the switches are True or False (``TypeError``).
     """
     _check_quant_type(quant_type)
-    _check_blocksize(blocksize)
-    if not isinstance(numel, int) or numel < 1:
-        raise ValueError(f"numel must be a positive int, got {numel!r}")
+    blocksize = _check_blocksize(blocksize)
+    numel = _as_int(numel, "numel")
+    _check_flag(double_quant, "double_quant")
+    _check_flag(count_codebooks, "count_codebooks")
+    nested_blocksize = _as_int(nested_blocksize, "nested_blocksize")
     blocks = -(-numel // blocksize)
     nbytes = -(-numel // 2)
     if double_quant:
@@ -76,23 +81,33 @@ def bits_per_weight(
     With ``numel``, the exact figure for that layer, ``8 * quantized_nbytes(...) / numel``,
     including partial blocks, the odd byte, the offset and (by default) the codebooks.
     """
+    if numel is not None:  # the exact figure; quantized_nbytes checks every argument
+        nbytes = quantized_nbytes(
+            numel, blocksize, double_quant, quant_type, nested_blocksize, count_codebooks
+        )
+        return 8 * nbytes / _as_int(numel, "numel")
     _check_quant_type(quant_type)
-    _check_blocksize(blocksize)
-    if numel is None:
-        if double_quant:
-            return 4 + 8 / blocksize + 32 / (blocksize * nested_blocksize)
-        return 4 + 32 / blocksize
-    nbytes = quantized_nbytes(
-        numel, blocksize, double_quant, quant_type, nested_blocksize, count_codebooks
-    )
-    return 8 * nbytes / numel
+    blocksize = _check_blocksize(blocksize)
+    _check_flag(double_quant, "double_quant")
+    _check_flag(count_codebooks, "count_codebooks")
+    nested_blocksize = _as_int(nested_blocksize, "nested_blocksize")
+    if double_quant:
+        return 4 + 8 / blocksize + 32 / (blocksize * nested_blocksize)
+    return 4 + 32 / blocksize
 
 
 def quant_state_nbytes(state: QuantState, count_codebooks: bool = True) -> int:
     """Bytes held by the tensors of ``state`` (absmax, offset, nested absmax, codebooks).
 
     Add ``packed.numel()`` for the codes themselves; the sum equals ``quantized_nbytes``.
+    A state whose fields do not fit together is refused (``QuantState.check``).
     """
+    if not isinstance(state, QuantState):
+        raise TypeError(
+            f"quant_state_nbytes needs a labkit.quant.QuantState, got {type(state).__name__}"
+        )
+    state.check()
+    _check_flag(count_codebooks, "count_codebooks")
 
     def size(t: torch.Tensor | None) -> int:
         return 0 if t is None else t.numel() * t.element_size()
@@ -113,14 +128,25 @@ def quantization_error(
 
     Returns:
         {"mse": ..., "mae": ..., "max_abs": ..., "rel_rmse": rms(error) / rms(x)}.
+
+    The squares are taken in float32. When ``x``'s largest magnitude lies outside
+    [2^-40, 2^40] they would overflow to inf or underflow to 0 (``mse`` inf, ``rel_rmse``
+    NaN or 0), so the error and ``x`` are first multiplied by a power of two (exact), and
+    the figures divided by it again in float64; within that range nothing is rescaled.
     """
-    packed, state = quantize_4bit(x, blocksize, quant_type, double_quant)
+    packed, state = quantize_4bit(x, blocksize, quant_type, double_quant)  # checks x
     error = (dequantize_4bit(packed, state).float() - x.float()).reshape(-1)
-    rms_x = x.float().pow(2).mean().sqrt().item()
-    mse = error.pow(2).mean().item()
+    values = x.float()
+    largest = values.abs().max().item()  # finite: quantize_4bit refuses NaN and inf
+    scale = 1.0
+    if largest > 0 and not 2.0**-40 <= largest <= 2.0**40:
+        scale = 2.0 ** -math.frexp(largest)[1]  # brings the largest magnitude into [0.5, 1)
+        error, values = error * scale, values * scale
+    rms_x = values.pow(2).mean().sqrt().item() / scale
+    mse = error.pow(2).mean().item() / scale**2
     return {
         "mse": mse,
-        "mae": error.abs().mean().item(),
-        "max_abs": error.abs().max().item(),
+        "mae": error.abs().mean().item() / scale,
+        "max_abs": error.abs().max().item() / scale,
         "rel_rmse": math.sqrt(mse) / rms_x if rms_x > 0 else 0.0,
     }
