@@ -1,6 +1,6 @@
 """The CUDA peak model (labkit.memory.estimate_peak) against peaks measured on a GPU.
 
-``tests/fixtures/gpu_memory_rows.json`` holds rows measured on an H200 with
+``memory.measured_rows()`` holds rows measured on an H200 with
 ``benchmarks/gpu_memory.py`` (one fresh process per row, labkit's loop order, bf16 autocast,
 NF4 + double quantization on all seven linears). The model was written from the TinyLlama
 rows; rows of other shapes were added afterwards unchanged. Per row: the resident bytes
@@ -9,16 +9,15 @@ within 1 %, the peak less the resident within 10 %, the peak within 5 %.
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import pytest
 
 from labkit import memory
 
-ROWS = json.loads((Path(__file__).parent / "fixtures" / "gpu_memory_rows.json").read_text())
+ROWS = memory.measured_rows()
 IDS = [f"{r['config']}-{r['optimizer']}-{'ckpt' if r['checkpointing'] else 'noc'}"
-       for r in ROWS["rows"]]
+       for r in ROWS]
 
 
 def _estimate(row) -> memory.PeakEstimate:
@@ -27,7 +26,7 @@ def _estimate(row) -> memory.PeakEstimate:
                                 gradient_checkpointing=row["checkpointing"])
 
 
-@pytest.mark.parametrize("row", ROWS["rows"], ids=IDS)
+@pytest.mark.parametrize("row", ROWS, ids=IDS)
 def test_peak_model_agrees_with_the_measured_row(row):
     est = _estimate(row)
     assert est.resident == pytest.approx(row["resident"], rel=0.01)
@@ -43,7 +42,7 @@ def test_the_tolerances_can_fail():
     """The checks above are not vacuous: the old estimate (what autograd saves, summed),
     which the GPU measurements showed short of the peak, fails them on the no-checkpointing
     row; so does the peak model without autocast's float32 softmax."""
-    row = next(r for r in ROWS["rows"] if not r["checkpointing"])
+    row = next(r for r in ROWS if not r["checkpointing"])
     old = memory.estimate(row["config"], "qlora", row["batch"], row["seq_len"],
                           compute_dtype="bf16", optimizer=row["optimizer"], r=row["r"],
                           autocast=True)

@@ -43,7 +43,7 @@ _EXPORTS = {
                      "measure", "_storage_key"],
     ".activations": ["activation_terms"],
     ".peak": ["estimate_peak", "PeakEstimate", "CUBLAS_WORKSPACE", "CUBLAS_HANDLES",
-              "CUDA_CONTEXT", "PAGED_MIN_NUMEL", "LOOPS"],
+              "CUDA_CONTEXT", "PAGED_MIN_NUMEL", "LOOPS", "measured_rows"],
     ".cards": ["will_it_fit", "FitReport", "Card", "CARDS", "VERDICTS"],
     ".estimation": ["QUANT_DTYPES", "ADAM8BIT_BLOCKSIZE", "ADAM8BIT_MIN_SIZE", "estimate",
                     "base_weight_bytes"],

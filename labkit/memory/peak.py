@@ -53,8 +53,10 @@ Imports: :mod:`labkit.memory.breakdown`, :mod:`labkit.memory.estimation`,
 
 from __future__ import annotations
 
+import json
 import math
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from labkit.lora.counts import adapter_params
 from labkit.memory.breakdown import MB, MiB, _get_config, _targets
@@ -222,3 +224,15 @@ def estimate_peak(config, method: str = "qlora", batch: int = 1, seq_len: int = 
     load = sum(math.prod(shape) for _, _, shape in _shapes(cfg)[0]) * s
     return PeakEstimate(moments, e.weights, paged, CUDA_CONTEXT, load, loop,
                         label=f"peak estimate: {cfg.name}, {method}, {B} x {T}", notes=notes)
+
+
+def measured_rows() -> list[dict]:
+    """QLoRA steps measured on an H200, to set beside :func:`estimate_peak`.
+
+    Read from ``labkit/memory/measured_h200.json``, written by ``benchmarks/gpu_memory.py``
+    (one fresh process per row, labkit's loop, bf16 autocast, NF4 + double quantization on
+    the seven block linears, three steps, ``torch.manual_seed(0)``). Each row: ``config``,
+    ``r``, ``batch``, ``seq_len``, ``optimizer``, ``checkpointing``, ``resident`` and ``peak``
+    (``max_memory_allocated``, bytes), ``phases`` (the peak and the end of each phase).
+    """
+    return json.loads((Path(__file__).with_name("measured_h200.json")).read_text())["rows"]
