@@ -71,9 +71,10 @@ class FitReport:
 
     def __str__(self) -> str:
         e = self.estimate
+        paged = f", paged state {e.paged / MiB:,.0f} MiB" if e.paged else ""
         lines = [f"{self.card.name} ({self.card.mib:,} MiB): {self.verdict}",
                  f"  allocator peak {e.peak / MiB:,.0f} MiB at '{e.moment}', CUDA context "
-                 f"{e.context / MiB:,.0f} MiB, paged state {e.paged / MiB:,.0f} MiB"]
+                 f"{e.context / MiB:,.0f} MiB{paged}"]
         if self.verdict == VERDICTS[1]:
             q = self.paged_estimate
             lines.append(f"  with paged AdamW: allocator peak {q.peak / MiB:,.0f} MiB, "
