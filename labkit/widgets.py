@@ -205,7 +205,11 @@ class MemoryCalculator(Explorer):
     def _update(self, *_):
         from labkit import plots
 
-        n = self._numbers()
+        try:
+            n = self._numbers()
+        except ValueError as exc:  # e.g. a sequence longer than the model takes: say so
+            self.out.value = f"<pre>{html.escape(str(exc))}</pre>"
+            return
         scale = max(n["total"], n["device_gb"])
         segs = "".join(
             f"<div title='{k}' style='width:{100 * v / scale:.2f}%;background:"

@@ -98,3 +98,13 @@ def test_base_weight_bytes_from_a_config_is_the_built_models_plus_its_buffers(ba
     rope = 2 * cfg.max_seq_len * cfg.head_dim * 2  # the cos and sin tables, bf16
     assert rope == sum(t.numel() * t.element_size() for t in (m.rope.cos, m.rope.sin))
     assert memory.base_weight_bytes(cfg, "nf4", "bf16") == qlora.base_weight_bytes(m) + rope
+
+
+def test_a_sequence_longer_than_the_model_takes_is_refused():
+    """The model refuses seq_len > max_seq_len (its rotary tables end there); so does the
+    estimate, instead of returning a number for a step that cannot run."""
+    cfg = models.get_config("llama-1-7b")
+    assert memory.estimate(cfg, "qlora", 1, cfg.max_seq_len).total > 0
+    with pytest.raises(ValueError, match="seq_len=2049 is longer than llama-1-7b's max_seq_len "
+                                         "2048; use at most 2048"):
+        memory.estimate(cfg, "qlora", 1, 2049)

@@ -89,3 +89,11 @@ def test_memory_calculator_bundle_and_controls():
     assert "fits the 48 GB (48 GiB = 51.5 GB)" in ex.text()  # 48 * 2^30 / 10^9 = 51.54
     spare = 48 * 2**30 / 1e9 - ex._numbers()["total"]
     assert f"{spare:.1f} GB to spare (before the CUDA context)" in ex.text()
+
+
+def test_calculator_says_when_the_sequence_is_too_long_for_the_model():
+    calc = widgets.memory_calculator(model="llama-1-7b", method="QLoRA", seq_len=512)
+    calc.seq_len.value = 4096  # offered by the slider, beyond LLaMA-1's 2048
+    assert "longer than llama-1-7b&#x27;s max_seq_len 2048" in calc.out.value  # HTML-escaped
+    calc.seq_len.value = 2048
+    assert "GB" in calc.out.value and "max_seq_len" not in calc.out.value

@@ -123,6 +123,11 @@ def estimate(config, method: str = "full", batch: int = 1, seq_len: int = 512, *
                          f"{', '.join(ESTIMATED_OPTIMIZERS)}")
     _positive_int("batch", batch)
     _positive_int("seq_len", seq_len)
+    if seq_len > cfg.max_seq_len:
+        # the model itself refuses such a sequence (its rotary tables end there)
+        raise ValueError(f"seq_len={seq_len} is longer than {cfg.name}'s max_seq_len "
+                         f"{cfg.max_seq_len}; use at most {cfg.max_seq_len} tokens, or a config "
+                         "with a longer max_seq_len (config.replace(max_seq_len=...))")
     if method == "qlora":
         qtype = (weight_dtype or "nf4")
         if not (isinstance(qtype, str) and qtype.lower() in QUANT_DTYPES):
