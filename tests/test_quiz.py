@@ -319,7 +319,8 @@ def test_a_test_on_chosen_topics_draws_only_from_them():
     assert {it.topic for it in every} == set(BANK.topics)  # least-used topic first: all 8
     three = quiz.pick_test(BANK, 0, topics=("memory", "scaling", "qlora"))
     assert {it.topic for it in three} == {"memory", "scaling", "qlora"}
-    with pytest.raises(quiz.QuizError, match=r"too few easy scored items for a test on memory$"):
+    with pytest.raises(quiz.QuizError, match=r"a test of 10 questions needs 3 easy scored items "
+                       r"\(choice, scenario, code_output, find_bug\) on memory; the bank has \d$"):
         quiz.pick_test(BANK, 0, topics=("memory",))
     with pytest.raises(quiz.QuizError, match=r"no topic 'nope'; topics: benefits"):
         quiz.take_test(topics=("nope",))
@@ -402,7 +403,8 @@ def test_already_asked_collects_earlier_quizzes_and_worked_items_and_the_test_av
     with pytest.raises(quiz.QuizError, match=r"exclude names no item: nope \(check the ids\)"):
         quiz.take_test(exclude=["nope"])
     everything = [it.id for it in BANK.items if it.difficulty == "easy"]
-    with pytest.raises(quiz.QuizError, match=r"too few easy scored items .* once \d+ excluded"):
+    with pytest.raises(quiz.QuizError, match=r"needs 3 easy scored items .* once \d+ excluded "
+                       r"items are left out; the bank has 0$"):
         quiz.take_test(exclude=everything)
     with pytest.raises(quiz.QuizError, match=r"no lesson '42'; lessons: 00, 01"):
         quiz.already_asked(42)

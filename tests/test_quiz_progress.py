@@ -1,5 +1,6 @@
-"""labkit.quiz's progress file (labkit/quiz/grading.py): per-topic summary, concurrent writers,
-where it lives, and atomic rewrites that survive a crash."""
+"""labkit.quiz's progress file (labkit/quiz/progress.py): per-topic summary, concurrent writers,
+where it lives, and atomic rewrites that survive a crash (more in
+test_quiz_progress_reliability.py)."""
 
 from __future__ import annotations
 
@@ -12,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-import labkit.quiz.grading as grading
+import labkit.quiz.progress as progress_module
 from labkit import quiz
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -72,11 +73,12 @@ def test_progress_crash_mid_write_keeps_the_old_file(tmp_path, monkeypatch):
     def crash(fd):
         raise OSError("disk gone")
 
-    monkeypatch.setattr(grading.os, "fsync", crash)  # where Progress.save looks it up
-    with pytest.raises(OSError, match="disk gone"):
+    monkeypatch.setattr(progress_module.os, "fsync", crash)  # where Progress looks it up
+    with pytest.raises(quiz.QuizError, match=r"cannot use this progress file \(disk gone\)"):
         p.record(item, quiz.check(item, 1))
     assert path.read_text() == before
-    assert sorted(os.listdir(tmp_path)) == ["progress.json"]  # the temp file is cleaned up
+    # the temp file is cleaned up (the lock file stays: it is empty and reused)
+    assert sorted(os.listdir(tmp_path)) == ["progress.json", "progress.json.lock"]
 
 
 def test_progress_killed_process_mid_write_keeps_the_old_file(tmp_path):
@@ -99,15 +101,16 @@ def test_progress_killed_process_mid_write_keeps_the_old_file(tmp_path):
     assert len(quiz.Progress(path).attempts) == 1
 
 
-def test_corrupt_progress_file_says_how_to_recover(tmp_path):
+def test_reset_sets_a_corrupt_progress_file_aside_and_starts_over(tmp_path, capsys):
     path = tmp_path / "progress.json"
     path.write_text('{"attempts": [')
-    with pytest.raises(
-        quiz.QuizError,
-        match=r"progress file is not valid JSON .*; move it away or "
-        r"start over with `python -m labkit.quiz reset`",
-    ):
-        quiz.Progress(path)
     out = io.StringIO()
     assert quiz.main(["reset", "--progress", str(path)], stdout=out) == 0
+    (aside,) = tmp_path.glob("progress.json.corrupt-*")
+    assert capsys.readouterr().err == (
+        f"note: {path}: the progress file could not be used (not valid JSON: Expecting value: "
+        f"line 1 column 15 (char 14)); it was moved to {aside} and a fresh one started\n"
+    )
+    assert out.getvalue() == f"Progress reset ({path}).\n"
     assert quiz.Progress(path).attempts == []
+    assert aside.read_text() == '{"attempts": ['

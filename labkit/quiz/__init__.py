@@ -22,16 +22,18 @@ with ``--seed``, ``--n``, ``--progress PATH`` and ``--bank DIR``; answers are re
 so a piped file runs a whole test.
 
 Progress goes to ``--progress`` / ``progress=``, else ``$LABKIT_PROGRESS``, else
-``<user data dir>/labkit/quiz_progress.json``; it is rewritten atomically on every answer.
+``<user data dir>/labkit/quiz_progress.json``; every answer is added under a file lock and the
+file rewritten atomically, so several quizzes may answer into it at once.
 
 Modules: ``bank`` the item format, validation and loading; ``generated`` numeric items
 answered by labkit; ``explain_scorer`` the explain-in-your-own-words scorer; ``grading``
-checking a response, progress, a test's score; ``selection`` the course's plan and drawing
-items; ``text`` an item as plain text; ``notebook`` the widgets and the lessons' API;
-``cli`` the terminal (``__main__`` runs it).
+checking a response and a test's score; ``progress`` the attempts and self-marks file;
+``selection`` the course's plan and drawing items; ``text`` an item as plain text;
+``notebook`` the widgets and the lessons' API; ``cli`` the terminal (``__main__`` runs it).
 
 Imports: nothing at import time (the names below load lazily); the modules use the standard
-library, yaml and (generated items only) labkit.lora and labkit.quant.
+library, yaml, filelock (when a progress file is opened) and (generated items only)
+labkit.lora and labkit.quant.
 """
 
 from labkit._api import lazy_exports
@@ -43,11 +45,12 @@ _EXPORTS = {
     ".explain_scorer": ["MIN_WORDS", "MIN_FUNCTION_SHARE", "MAX_PER_SENTENCE",
                         "NEGATION_WINDOW", "stem", "words", "ExplainResult",
                         "score_explanation"],
-    ".grading": ["Feedback", "check", "progress_path", "Progress", "TestReport", "score_test"],
+    ".grading": ["Feedback", "check", "TestReport", "score_test"],
+    ".progress": ["progress_path", "Progress", "ProgressFileWarning"],
     ".selection": ["SCORED_KINDS", "CORE_TOPICS", "REVIEW_TOPICS", "LESSON_TOPICS",
-                   "LESSON_ITEMS", "LESSON_SHOWN", "TEST_PLAN", "review_topics", "pick_test",
-                   "pick", "lesson_items", "already_asked"],
-    ".text": ["item_text", "solution_text", "_indent"],
+                   "LESSON_ITEMS", "LESSON_SHOWN", "TEST_PLAN", "difficulty_plan",
+                   "review_topics", "pick_test", "pick", "lesson_items", "already_asked"],
+    ".text": ["item_text", "solution_text", "printable", "_indent"],
     ".notebook": ["ItemView", "Session", "show", "lesson_quiz", "flashcards", "practice",
                   "explain", "take_test"],
     ".cli": ["main", "_Terminal"],

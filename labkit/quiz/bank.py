@@ -6,11 +6,16 @@ item as read from YAML and names file, item and field at the first problem; :fun
 loads a whole bank directory, all or nothing, into a :class:`Bank`. The format is described
 in ``quizzes/README.md``.
 
+Files are read as UTF-8 with yaml's safe loader, whose numbers keep the text they were read
+from: a text field refuses what YAML turned into something else (``12:30`` read as 750,
+``0.10`` as 0.1, ``yes`` as True, ``~`` as null, a date) and asks for quotes.
+
 Imports: the standard library and yaml; no other labkit module.
 """
 
 from __future__ import annotations
 
+import datetime
 import os
 import random
 import re
@@ -87,9 +92,58 @@ def _fail(where: str, item_id: str | None, fld: str | None, problem: str) -> Qui
     return QuizError(": ".join(parts + [problem]))
 
 
+class _YamlInt(int):
+    """An int read from YAML, with the text it was read from (``yaml_text``)."""
+
+
+class _YamlFloat(float):
+    """A float read from YAML, with the text it was read from (``yaml_text``)."""
+
+
+def _keep_text(number_type, construct):
+    def constructor(loader, node):
+        value = number_type(construct(loader, node))
+        value.yaml_text = node.value
+        return value
+
+    return constructor
+
+
+class _BankLoader(getattr(yaml, "CSafeLoader", yaml.SafeLoader)):
+    """yaml's safe loader, except that numbers keep the text they were read from, so that
+    a text field can refuse ``12:30`` (read as 750) or ``0.10`` (read as 0.1)."""
+
+
+_BankLoader.add_constructor(
+    "tag:yaml.org,2002:int", _keep_text(_YamlInt, yaml.SafeLoader.construct_yaml_int))
+_BankLoader.add_constructor(
+    "tag:yaml.org,2002:float", _keep_text(_YamlFloat, yaml.SafeLoader.construct_yaml_float))
+_QUOTE = "quote the value in the file"
+
+
+def _changed_by_yaml(value) -> str | None:
+    """Why an unquoted YAML value is not the text its author wrote, or None if it is."""
+    if isinstance(value, bool):
+        return (f"YAML reads an unquoted yes, no, on, off, true or false as true or false "
+                f"(here {value}); {_QUOTE}")
+    if value is None:
+        return ("YAML reads an empty value, ~ or null as no value at all; write the text, "
+                "quoted if it is ~ or null")
+    if isinstance(value, (datetime.date, datetime.datetime)):
+        return f"YAML reads {value} as a date; {_QUOTE}"
+    written = getattr(value, "yaml_text", None)
+    if written is not None and written != str(value):
+        return f"YAML reads {written} as the number {value}; {_QUOTE}, e.g. '{written}'"
+    return None
+
+
 def _text(value, where, item_id, fld) -> str:
-    # YAML reads `answer: 14` as an int; numbers are accepted and kept as their text.
-    if isinstance(value, bool) or not isinstance(value, (str, int, float)):
+    # YAML reads `answer: 14` as an int; numbers are accepted and kept as their text when it
+    # is the text written (not for 12:30, 0.10, 1e3, yes, ~: see _changed_by_yaml).
+    problem = _changed_by_yaml(value)
+    if problem is not None:
+        raise _fail(where, item_id, fld, problem)
+    if not isinstance(value, (str, int, float)):
         raise _fail(where, item_id, fld, f"must be text, got {type(value).__name__}")
     text = str(value).strip()
     if not text:
@@ -286,12 +340,26 @@ def load_bank(directory: str | os.PathLike | None = None, *, cache: bool = True)
 
 def _load_file(path: Path, where: str) -> tuple[str, str, list[Item]]:
     try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+        raw = path.read_bytes()
+    except OSError as exc:
+        raise QuizError(f"{where}: cannot read the file ({exc.strerror or exc})") from None
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        line = raw.count(b"\n", 0, exc.start) + 1
+        raise QuizError(
+            f"{where}: not valid UTF-8: byte 0x{raw[exc.start]:02x} at offset {exc.start} "
+            f"(line {line}); save the file as UTF-8"
+        ) from None
+    try:
+        data = yaml.load(text, Loader=_BankLoader)  # a safe loader (see _BankLoader)
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         at = f" at line {mark.line + 1}" if mark is not None else ""
         problem = getattr(exc, "problem", None) or str(exc)
         raise QuizError(f"{where}: not valid YAML{at}: {problem}") from None
+    except (ValueError, OverflowError, RecursionError) as exc:  # e.g. date 2026-13-45
+        raise QuizError(f"{where}: a value YAML cannot read ({str(exc)[:100]})") from None
     if not isinstance(data, dict) or set(data) != {"topic", "title", "items"}:
         raise QuizError(f"{where}: the file must be a mapping with keys topic, title, items")
     topic = data["topic"]
@@ -303,4 +371,4 @@ def _load_file(path: Path, where: str) -> tuple[str, str, list[Item]]:
     for it in items:
         if it.topic != topic:
             raise _fail(where, it.id, "topic", f"{it.topic!r} differs from the file's {topic!r}")
-    return topic, str(data["title"]), items
+    return topic, _text(data["title"], where, None, "title"), items

@@ -1,33 +1,55 @@
 """The terminal quiz: ``python -m labkit.quiz [TOPIC|lesson NN|practice|test|flashcards|
 explain|progress|reset]``, answers read line by line from stdin (a person or a pipe).
 
-Imports: labkit.quiz.bank, .grading, .selection, .text (no ipywidgets, no torch: it starts
-at once).
+Any terminal works: what its encoding cannot print is printed in ASCII (``text.printable``),
+input that is not valid in its encoding reads as U+FFFD, and an option number is ASCII
+digits (``²`` or a 5000-digit number gets "Type a number from 1 to N."). Errors are one
+``error: ...`` line on stderr (exit status 2); a progress file set aside is a ``note: ...``;
+Ctrl-C stops with "(stopped)" (status 130) and a closed pipe (``| head``) quietly (status 1).
+
+Imports: labkit.quiz.bank, .grading, .progress, .selection, .text (no ipywidgets, no torch:
+it starts at once).
 """
 
 from __future__ import annotations
 
 import argparse
+import os
+import re
 import sys
+import warnings
 
 from labkit.quiz.bank import Item, QuizError, load_bank
-from labkit.quiz.grading import Feedback, Progress, check, score_test
-from labkit.quiz.selection import LESSON_TOPICS, lesson_items, pick, pick_test, review_topics
-from labkit.quiz.text import item_text, solution_text
+from labkit.quiz.grading import Feedback, check, score_test
+from labkit.quiz.progress import Progress, ProgressFileWarning
+from labkit.quiz.selection import (
+    LESSON_TOPICS,
+    TEST_PLAN,
+    lesson_items,
+    pick,
+    pick_test,
+    review_topics,
+)
+from labkit.quiz.text import item_text, printable, solution_text
+
+_OPTION = re.compile(r"\s*([0-9]{1,6})\s*")  # an option's number: ASCII digits only
 
 
 class _Terminal:
     """Reads answers line by line from ``stdin`` (a person or a pipe) and prints feedback."""
 
-    def __init__(self, stdin, stdout, progress: Progress):
+    def __init__(self, stdin, stdout, progress: Progress | None):
         self.stdin, self.stdout, self.progress = stdin, stdout, progress
 
+    def write(self, text: str) -> None:
+        self.stdout.write(printable(text, getattr(self.stdout, "encoding", None)))
+        self.stdout.flush()
+
     def say(self, text: str = "") -> None:
-        print(text, file=self.stdout, flush=True)
+        self.write(text + "\n")
 
     def ask(self, prompt: str) -> str | None:
-        self.stdout.write(prompt)
-        self.stdout.flush()
+        self.write(prompt)
         line = self.stdin.readline()
         if not line:
             self.say("\n(input ended)")
@@ -67,10 +89,11 @@ class _Terminal:
                     continue
                 response = line
                 if count:
-                    if not line.strip().isdigit():
+                    number = _OPTION.fullmatch(line)
+                    if number is None:
                         self.say(f"Type a number from 1 to {count}.")
                         continue
-                    response = int(line) - 1
+                    response = int(number.group(1)) - 1
             fb = check(item, response)
             self.say(fb.message)
             if fb.correct is None:
@@ -95,8 +118,25 @@ class _Terminal:
         return feedbacks
 
 
+def _positive_int(text: str) -> int:
+    """``--n``: ASCII digits, at least 1 (argparse reports anything else as a usage error)."""
+    digits = text.strip()
+    if not (digits.isascii() and digits.isdigit()) or not digits.lstrip("0"):
+        raise argparse.ArgumentTypeError(f"must be a positive whole number, got {text!r}")
+    if len(digits.lstrip("0")) > 9:
+        raise argparse.ArgumentTypeError(f"{text} is more items than any bank holds")
+    return int(digits)
+
+
+def _note(message, category, filename, lineno, file=None, line=None) -> None:
+    """Show a warning (a progress file set aside) as one ``note:`` line on stderr."""
+    print(printable(f"note: {message}", sys.stderr.encoding), file=sys.stderr)
+
+
 def main(argv=None, stdin=None, stdout=None) -> int:
     """The terminal front end; returns the exit status."""
+    if stdin is None and hasattr(sys.stdin, "reconfigure"):
+        sys.stdin.reconfigure(errors="replace")  # bytes the terminal's encoding lacks: U+FFFD
     stdin, stdout = stdin or sys.stdin, stdout or sys.stdout
     parser = argparse.ArgumentParser(
         prog="python -m labkit.quiz", description="Quizzes of the LoRA & QLoRA Lab."
@@ -109,55 +149,71 @@ def main(argv=None, stdin=None, stdout=None) -> int:
     )
     parser.add_argument("lesson", nargs="?", default=None, help="after 'lesson': its number (07)")
     parser.add_argument("--seed", type=int, default=0, help="which items (default 0)")
-    parser.add_argument("--n", type=int, default=None, help="how many items (not for test)")
+    parser.add_argument("--n", type=_positive_int, default=None,
+                        help="how many items (a test: default 10, 30%% easy, 30%% hard)")
     parser.add_argument("--progress", default=None, help="progress file (default: user data dir)")
     parser.add_argument("--bank", default=None, help="quiz bank directory (default: quizzes/)")
     args = parser.parse_args(argv)
-    try:
-        if args.lesson is not None and args.mode != "lesson":
-            raise QuizError(f"unexpected argument {args.lesson!r}: only 'lesson' takes a "
-                            "number, e.g. python -m labkit.quiz lesson 07")
-        if args.mode == "reset":
-            progress = Progress(args.progress, read=False)  # a corrupt file must not block it
-            progress.reset()
-            print(f"Progress reset ({progress.path}).", file=stdout)
-            return 0
-        progress = Progress(args.progress)
-        if args.mode == "progress":
-            print(f"Progress file: {progress.path}\n{progress.summary_text()}", file=stdout)
-            return 0
-        bank = load_bank(args.bank)
-        term = _Terminal(stdin, stdout, progress)
-        if args.mode == "test":
-            items = pick_test(bank, args.seed)
-            fbs = term.run(items, "test", f"Test (seed {args.seed}): 10 questions, no hints.")
-            term.say("\n" + score_test(items, fbs).text())
-            return 0
-        if args.mode == "lesson":
-            if args.lesson is None:
-                raise QuizError(
-                    f"which lesson? e.g. python -m labkit.quiz lesson 07; "
-                    f"lessons: {', '.join(LESSON_TOPICS)}"
-                )
-            items = lesson_items(bank, args.lesson, n=args.n or 3, seed=args.seed)
-            mode, title = "practice", f"Lesson {str(args.lesson).zfill(2)} quiz"
-        else:
-            topic = args.mode if args.mode in bank.titles else None
-            kind = {"flashcards": "recall", "explain": "explain"}.get(args.mode)
-            if topic is None and args.mode not in ("practice", "flashcards", "explain"):
-                raise QuizError(
-                    f"unknown mode {args.mode!r}; use a topic ({', '.join(bank.topics)})"
-                    " or lesson NN, practice, test, flashcards, explain, progress, reset"
-                )
-            mode = "practice" if topic else args.mode
-            if kind is not None:  # flashcards and explain review the core topics, as in lessons
-                topic = review_topics(bank)
-            items = pick(bank, topic, kind=kind, n=args.n, seed=args.seed)
-            title = mode.capitalize()
-        fbs = term.run(items, mode, f"{title}: {len(items)} items.")
-        done = [fb for fb in fbs if fb is not None]
-        term.say(f"\nDone: {sum(bool(fb.correct) for fb in done)}/{len(done)} right.")
+    with warnings.catch_warnings():
+        warnings.simplefilter("always", ProgressFileWarning)
+        warnings.showwarning = _note
+        try:
+            return _run(args, stdin, stdout)
+        except QuizError as exc:
+            print(printable(f"error: {exc}", sys.stderr.encoding), file=sys.stderr)
+            return 2
+        except KeyboardInterrupt:  # Ctrl-C: every answer given is saved already
+            print("\n(stopped)", file=sys.stderr)
+            return 130
+        except BrokenPipeError:  # `... | head`: the reader left; say nothing more
+            if stdout is sys.stdout:
+                os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+            return 1
+
+
+def _run(args, stdin, stdout) -> int:
+    if args.lesson is not None and args.mode != "lesson":
+        raise QuizError(f"unexpected argument {args.lesson!r}: only 'lesson' takes a "
+                        "number, e.g. python -m labkit.quiz lesson 07")
+    term = _Terminal(stdin, stdout, None)
+    if args.mode == "reset":
+        progress = Progress(args.progress, read=False)  # a corrupt file is set aside first
+        progress.reset()
+        term.say(f"Progress reset ({progress.path}).")
         return 0
-    except QuizError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+    term.progress = Progress(args.progress)
+    if args.mode == "progress":
+        term.say(f"Progress file: {term.progress.path}\n{term.progress.summary_text()}")
+        return 0
+    bank = load_bank(args.bank)
+    if args.mode == "test":
+        items = pick_test(bank, args.seed, n=args.n or len(TEST_PLAN))
+        fbs = term.run(items, "test", f"Test (seed {args.seed}): {len(items)} questions, "
+                       "no hints.")
+        term.say("\n" + score_test(items, fbs).text())
+        return 0
+    if args.mode == "lesson":
+        if args.lesson is None:
+            raise QuizError(
+                f"which lesson? e.g. python -m labkit.quiz lesson 07; "
+                f"lessons: {', '.join(LESSON_TOPICS)}"
+            )
+        items = lesson_items(bank, args.lesson, n=args.n or 3, seed=args.seed)
+        mode, title = "practice", f"Lesson {str(args.lesson).zfill(2)} quiz"
+    else:
+        topic = args.mode if args.mode in bank.titles else None
+        kind = {"flashcards": "recall", "explain": "explain"}.get(args.mode)
+        if topic is None and args.mode not in ("practice", "flashcards", "explain"):
+            raise QuizError(
+                f"unknown mode {args.mode!r}; use a topic ({', '.join(bank.topics)})"
+                " or lesson NN, practice, test, flashcards, explain, progress, reset"
+            )
+        mode = "practice" if topic else args.mode
+        if kind is not None:  # flashcards and explain review the core topics, as in lessons
+            topic = review_topics(bank)
+        items = pick(bank, topic, kind=kind, n=args.n, seed=args.seed)
+        title = mode.capitalize()
+    fbs = term.run(items, mode, f"{title}: {len(items)} items.")
+    done = [fb for fb in fbs if fb is not None]
+    term.say(f"\nDone: {sum(bool(fb.correct) for fb in done)}/{len(done)} right.")
+    return 0

@@ -1,24 +1,18 @@
-"""Grading: checking one response, the attempts saved as progress, and scoring a test.
+"""Grading: checking one response and scoring a test.
 
 :func:`check` turns a response (an option, printed text, an explanation, a self-rating) into
-:class:`Feedback`; :class:`Progress` keeps every checked attempt in a JSON file, rewritten
-atomically; :func:`score_test` counts a test's right answers overall and per topic.
+:class:`Feedback`; :func:`score_test` counts a test's right answers overall and per topic.
+The attempts are kept by :mod:`labkit.quiz.progress`.
 
-Imports: labkit.quiz.bank, labkit.quiz.explain_scorer; platformdirs only when no progress
-path is given.
+Imports: labkit.quiz.bank, labkit.quiz.explain_scorer.
 """
 
 from __future__ import annotations
 
-import json
-import os
 import re
-import tempfile
-import time
 from dataclasses import dataclass, field
-from pathlib import Path
 
-from labkit.quiz.bank import Item, QuizError
+from labkit.quiz.bank import Item
 from labkit.quiz.explain_scorer import ExplainResult, score_explanation
 
 
@@ -79,131 +73,6 @@ def check(item: Item, response) -> Feedback:
         return Feedback(res.passed, res.score, res.summary(), explain=res)
     knew = bool(response)  # recall: self-rated
     return Feedback(knew, float(knew), "Good." if knew else "It will come back later.")
-
-
-# ------------------------------------------------------------------------------ progress
-
-
-def progress_path(path: str | os.PathLike | None = None) -> Path:
-    """Where progress is kept: ``path``, else ``$LABKIT_PROGRESS``, else the user data dir."""
-    if path:
-        return Path(path)
-    if os.environ.get("LABKIT_PROGRESS"):
-        return Path(os.environ["LABKIT_PROGRESS"])
-    import platformdirs  # deferred: needed only when no path is given
-
-    return Path(platformdirs.user_data_dir("labkit", appauthor=False)) / "quiz_progress.json"
-
-
-class Progress:
-    """Attempts and scores in a JSON file, rewritten atomically (temp file, fsync, rename).
-
-    A crash mid-write leaves the previous file whole: the new text goes to a temporary file in
-    the same directory, which only replaces the old one once it is completely on disk.
-    """
-
-    VERSION = 1
-
-    def __init__(self, path: str | os.PathLike | None = None, *, read: bool = True):
-        self.path = progress_path(path)
-        self.data = self._read() if read else {"version": self.VERSION, "attempts": []}
-
-    def _read(self) -> dict:
-        if not self.path.exists():
-            return {"version": self.VERSION, "attempts": []}
-        try:
-            data = json.loads(self.path.read_text(encoding="utf-8"))
-        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-            raise QuizError(
-                f"{self.path}: progress file is not valid JSON ({exc}); move it "
-                "away or start over with `python -m labkit.quiz reset`"
-            ) from None
-        if not isinstance(data, dict) or not isinstance(data.get("attempts"), list):
-            raise QuizError(
-                f"{self.path}: progress file has no 'attempts' list; move it away "
-                "or start over with `python -m labkit.quiz reset`"
-            )
-        return data
-
-    @property
-    def attempts(self) -> list[dict]:
-        return self.data["attempts"]
-
-    def record(self, item: Item, feedback: Feedback, mode: str = "practice") -> None:
-        """Append one attempt and save (answers that were not checked are not recorded).
-
-        The file is re-read first, so several quizzes open at once (two notebook cells, a
-        notebook and a terminal) add to it instead of overwriting each other's attempts.
-        """
-        if feedback.correct is None:
-            return
-        self.data = self._read()
-        self.attempts.append(
-            {
-                "id": item.id,
-                "topic": item.topic,
-                "kind": item.kind,
-                "difficulty": item.difficulty,
-                "mode": mode,
-                "correct": feedback.correct,
-                "score": round(feedback.score, 4),
-                "time": round(time.time(), 3),
-            }
-        )
-        self.save()
-
-    def save(self) -> None:
-        text = json.dumps(self.data, indent=1)
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=self.path.parent, prefix=".quiz-progress-", suffix=".tmp")
-        try:
-            with os.fdopen(fd, "w", encoding="utf-8") as f:
-                f.write(text)
-                f.flush()
-                os.fsync(f.fileno())
-            os.replace(tmp, self.path)
-        except BaseException:
-            if os.path.exists(tmp):
-                os.unlink(tmp)
-            raise
-
-    def reset(self, topic: str | None = None) -> None:
-        """Forget all attempts (without reading the file, so a corrupt one is replaced), or
-        those of one topic."""
-        if topic is None:
-            self.data = {"version": self.VERSION, "attempts": []}
-        else:
-            self.data = self._read()
-            self.data["attempts"] = [a for a in self.attempts if a["topic"] != topic]
-        self.save()
-
-    def summary(self) -> dict[str, dict]:
-        """Per topic: attempts, correct attempts, distinct items seen, mean of latest scores."""
-        out: dict[str, dict] = {}
-        latest: dict[str, dict] = {}
-        for a in self.attempts:
-            s = out.setdefault(a["topic"], {"attempts": 0, "correct": 0, "items": 0, "score": 0.0})
-            s["attempts"] += 1
-            s["correct"] += bool(a["correct"])
-            latest[a["id"]] = a
-        for a in latest.values():
-            out[a["topic"]]["items"] += 1
-            out[a["topic"]]["score"] += a["score"]
-        for s in out.values():
-            s["score"] = round(s["score"] / s["items"], 3)
-        return dict(sorted(out.items()))
-
-    def summary_text(self) -> str:
-        rows = self.summary()
-        if not rows:
-            return f"No attempts yet ({self.path})."
-        lines = [f"{'topic':<14} {'attempts':>8} {'correct':>8} {'items':>6} {'score':>6}"]
-        for topic, s in rows.items():
-            lines.append(
-                f"{topic:<14} {s['attempts']:>8} {s['correct']:>8} {s['items']:>6} "
-                f"{100 * s['score']:>5.0f}%"
-            )
-        return "\n".join(lines)
 
 
 # ------------------------------------------------------------------------ a test's score

@@ -6,8 +6,8 @@ plus a plain-text fallback that never shows the answer. :func:`show`, :func:`les
 :func:`flashcards`, :func:`practice`, :func:`explain` and :func:`take_test` are what lessons
 call (``from labkit import quiz; quiz.lesson_quiz("01")``).
 
-Imports: labkit.quiz.bank, .generated, .grading, .selection, .text; ipywidgets only when a
-view is built (so ``import labkit.quiz`` and the terminal quiz never load it).
+Imports: labkit.quiz.bank, .generated, .grading, .progress, .selection, .text; ipywidgets
+only when a view is built (so ``import labkit.quiz`` and the terminal quiz never load it).
 """
 
 from __future__ import annotations
@@ -16,7 +16,8 @@ import html
 
 from labkit.quiz.bank import Bank, Item, load_bank
 from labkit.quiz.generated import generate_item
-from labkit.quiz.grading import Feedback, Progress, TestReport, check, score_test
+from labkit.quiz.grading import Feedback, TestReport, check, score_test
+from labkit.quiz.progress import Progress
 from labkit.quiz.selection import lesson_items, pick, pick_test, review_topics
 from labkit.quiz.text import _footer, _html_prompt, _pre, item_text, solution_text
 

@@ -2,9 +2,9 @@
 
 The constants say what the course asks where (the core topics a review draws on, each
 lesson's topics, closing-quiz items and worked items, the test's difficulty plan);
-:func:`pick` draws items by id or by filters with a seed, :func:`pick_test` the 10-question
-test, :func:`lesson_items` a lesson's closing quiz, :func:`already_asked` what a lesson's
-test should leave out.
+:func:`pick` draws items by id or by filters with a seed, :func:`pick_test` a test (10
+questions unless asked otherwise: :func:`difficulty_plan`), :func:`lesson_items` a lesson's
+closing quiz, :func:`already_asked` what a lesson's test should leave out.
 
 Imports: labkit.quiz.bank.
 """
@@ -58,7 +58,26 @@ LESSON_SHOWN = {
     "07": ("lb-goal", "ql-name", "ql-memory-code", "qz-both-bug", "ql-scenario-laptop"),
     "08": ("lb-explain", "ql-explain"),
 }
-TEST_PLAN = ("easy",) * 3 + ("medium",) * 4 + ("hard",) * 3
+
+
+def difficulty_plan(n: int) -> tuple[str, ...]:
+    """The difficulties of an ``n``-question test, easy first: 30 % easy and 30 % hard
+    (rounded half up), the rest medium; 10 questions give 3, 4, 3 and 5 give 2, 1, 2."""
+    return tuple(d for d, count in _plan_counts(n).items() for _ in range(count))
+
+
+def _plan_counts(n: int) -> dict[str, int]:
+    _check_count(n)
+    easy = (3 * n + 5) // 10
+    return {"easy": easy, "medium": n - 2 * easy, "hard": easy}
+
+
+def _check_count(n) -> None:
+    if isinstance(n, bool) or not isinstance(n, int) or n < 1:
+        raise QuizError(f"n must be a positive whole number, got {n!r}")
+
+
+TEST_PLAN = difficulty_plan(10)  # 3 easy, 4 medium, 3 hard
 
 
 def review_topics(bank: Bank) -> tuple[str, ...]:
@@ -69,35 +88,39 @@ def review_topics(bank: Bank) -> tuple[str, ...]:
 
 
 def pick_test(bank: Bank, seed: int = 0, n: int = 10, topics=None, exclude=()) -> list[Item]:
-    """A test: ``TEST_PLAN`` difficulties (3 easy, 4 medium, 3 hard), spread over topics.
+    """A test of ``n`` questions: the :func:`difficulty_plan` (for 10, ``TEST_PLAN``: 3 easy,
+    4 medium, 3 hard), spread over topics.
 
     Only kinds with one right answer (``SCORED_KINDS``) are drawn; each slot takes an item
     from a topic used least so far, chosen at random from ``seed``. ``topics`` (a tuple of
     names) limits the draw; default :func:`review_topics`, the core topics. Items whose id
     is in ``exclude`` are not drawn.
     """
-    if n != len(TEST_PLAN):
-        raise ValueError(f"a test has {len(TEST_PLAN)} items, got n={n}")
+    _check_count(n)
     topics = review_topics(bank) if topics is None else _known_topics(bank, topics)
     exclude = set(exclude)
     unknown = sorted(exclude - set(bank.by_id))
     if unknown:
         raise QuizError(f"exclude names no item: {', '.join(unknown)} (check the ids)")
+    left_out = f" once {len(exclude)} excluded items are left out" if exclude else ""
+    for difficulty, need in _plan_counts(n).items():  # enough items, before any draw
+        have = len([it for it in bank.select(topic=topics, kind=SCORED_KINDS,
+                                             difficulty=difficulty) if it.id not in exclude])
+        if have < need:
+            raise QuizError(
+                f"a test of {n} questions needs {need} {difficulty} scored items "
+                f"({', '.join(SCORED_KINDS)}) on {', '.join(topics)}{left_out}; the bank "
+                f"has {have}"
+            )
     rng = random.Random(seed)
     used: dict[str, int] = {}
     picked: list[Item] = []
-    for difficulty in TEST_PLAN:
+    for difficulty in difficulty_plan(n):
         pool = [
             it
             for it in bank.select(topic=topics, kind=SCORED_KINDS, difficulty=difficulty)
             if it not in picked and it.id not in exclude
         ]
-        if not pool:
-            raise QuizError(
-                f"the bank has too few {difficulty} scored items for a test on "
-                f"{', '.join(topics)}"
-                + (f" once {len(exclude)} excluded items are left out" if exclude else "")
-            )
         least = min(used.get(it.topic, 0) for it in pool)
         choice = rng.choice([it for it in pool if used.get(it.topic, 0) == least])
         used[choice.topic] = used.get(choice.topic, 0) + 1
@@ -109,6 +132,8 @@ def pick(
     bank: Bank, topic=None, *, ids=None, kind=None, difficulty=None, n=None, seed: int = 0
 ) -> list[Item]:
     """Items by id (in the order given) or by filters, ``n`` of them drawn with ``seed``."""
+    if n is not None:
+        _check_count(n)
     if ids is not None:
         missing = [i for i in ids if i not in bank.by_id]
         if missing:
@@ -140,6 +165,7 @@ def lesson_items(bank: Bank, lesson, n: int = 3, seed: int = 0) -> list[Item]:
     """The items of a lesson's closing quiz: its curated ``LESSON_ITEMS`` first, then, if
     ``n`` asks for more, items drawn with ``seed`` from its ``LESSON_TOPICS`` (easy, medium,
     hard in turn) that no other lesson's quiz uses."""
+    _check_count(n)
     lesson = str(lesson).zfill(2)
     if lesson not in LESSON_TOPICS:
         raise QuizError(f"no quiz for lesson {lesson!r}; lessons: {', '.join(LESSON_TOPICS)}")
