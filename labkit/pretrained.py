@@ -56,6 +56,23 @@ def save_pretrained(model: LlamaLM, path: str | Path) -> str:
     return sha256_file(path)
 
 
+_REDO = "restore the card (git checkout) or re-run `python scripts/pretrain.py`"
+
+
+def _read_card(card_path: Path) -> dict:
+    """The card as a dict; a clear error, naming the file, if it is not JSON or lacks a
+    ``config`` object."""
+    try:
+        card = json.loads(card_path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise ValueError(f"checkpoint card {card_path} is not valid JSON ({exc}); "
+                         f"{_REDO}") from None
+    if not isinstance(card, dict) or not isinstance(card.get("config"), dict):
+        raise ValueError(f"checkpoint card {card_path} has no `config` object (the model's "
+                         f"architecture); {_REDO}")
+    return card
+
+
 def load_pretrained(name: str = DEFAULT_PRETRAINED, directory: str | Path | None = None,
                     device: str | torch.device = "cpu", dtype: torch.dtype | None = None
                     ) -> Pretrained:
@@ -75,7 +92,8 @@ def load_pretrained(name: str = DEFAULT_PRETRAINED, directory: str | Path | None
 
     Raises:
         FileNotFoundError: no such checkpoint (lists the ones present).
-        ValueError: the hash or the config does not match the card.
+        ValueError: the card is not JSON or has no valid ``config`` (the path is named), or
+            the hash or the tensors do not match the card.
     """
     directory = Path(directory) if directory is not None else CHECKPOINT_DIR
     card_path, st_path = directory / f"{name}.json", directory / f"{name}.safetensors"
@@ -85,7 +103,7 @@ def load_pretrained(name: str = DEFAULT_PRETRAINED, directory: str | Path | None
             f"no checkpoint {name!r} in {directory} (need {name}.json and {name}.safetensors); "
             f"present: {have or 'none'}. Create it with `python scripts/pretrain.py`."
         )
-    card = json.loads(card_path.read_text())
+    card = _read_card(card_path)
     digest = sha256_file(st_path)
     if digest != card.get("sha256"):
         raise ValueError(
@@ -93,7 +111,11 @@ def load_pretrained(name: str = DEFAULT_PRETRAINED, directory: str | Path | None
             f"{card_path.name} says {card.get('sha256')}. The file is corrupt or was changed; "
             "restore it (git checkout) or re-run `python scripts/pretrain.py`."
         )
-    cfg = ModelConfig.from_dict(card["config"])
+    try:
+        cfg = ModelConfig.from_dict(card["config"])
+    except (TypeError, ValueError) as exc:
+        raise ValueError(f"the config in {card_path} is not a valid ModelConfig ({exc}); "
+                         f"{_REDO}") from None
     model = build(cfg, device="cpu")
     state = load_file(str(st_path))
     expected = {k: tuple(v.shape) for k, v in model.state_dict().items()}

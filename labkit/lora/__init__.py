@@ -11,7 +11,8 @@ Only ``A`` and ``B`` train: ``r * (d + k)`` numbers instead of ``d * k``. For a
 
 Modules: ``layers`` (:class:`LoRALinear`, :class:`LoRAEmbedding`), ``inject`` (targets,
 :func:`add_lora`, named adapters, merging), ``counts`` (every parameter count),
-``files`` (saving and loading adapters in PEFT's file format).
+``files`` (saving and loading adapters in PEFT's file format), ``guard`` (the checks, and
+the rollback that leaves a model as it was after an error).
 
 Names follow PEFT on purpose (``base_layer``, ``lora_A``, ``lora_B``,
 ``lora_embedding_A``, ``lora_embedding_B``): a state-dict key here is a key there, so
@@ -24,7 +25,9 @@ imports none of them (names load on first use, see :mod:`labkit._api`).
 from labkit._api import lazy_exports
 
 _EXPORTS = {
-    ".layers": ["LoRALayer", "LoRALinear", "LoRAEmbedding", "_check_hparams", "_is_conv1d"],
+    ".layers": ["LoRALayer", "LoRALinear", "LoRAEmbedding", "_is_conv1d"],
+    ".guard": ["_check_hparams", "_check_adapter_name", "_check_finite", "_check_mergeable",
+               "unchanged_on_error"],
     ".inject": [
         "BIAS_MODES", "LoRAConfig", "LoRAReport", "find_targets", "add_lora", "lora_layers",
         "get_adapter_params", "set_trainable_params", "set_adapter", "enable_adapters",
@@ -37,7 +40,7 @@ _EXPORTS = {
         "param_table", "_numel",
     ],
     ".files": [
-        "WEIGHTS_NAME", "CONFIG_NAME", "adapter_state_dict", "save_adapter",
+        "WEIGHTS_NAME", "CONFIG_NAME", "DIGEST_KEY", "adapter_state_dict", "save_adapter",
         "read_adapter_config", "load_adapter",
     ],
 }

@@ -12,7 +12,7 @@ Nothing heavy is imported at the top: ``adapter_params`` and the dataclasses wor
 torch. The functions that need the LoRA layers, target matching or :mod:`labkit.models`
 import them when called (which also keeps ``inject`` -> ``counts`` a one-way import).
 
-Imports: ``labkit.lora.layers``, ``labkit.lora.inject`` and ``labkit.models``, each
+Imports: ``labkit.lora.guard``, ``layers``, ``inject`` and ``labkit.models``, each
 deferred to the function that needs it.
 """
 
@@ -169,8 +169,9 @@ def planned_adapter_params(model: nn.Module, targets, r: int) -> LoRAEstimate:
     # and inject imports this module
     from torch import nn
 
+    from labkit.lora.guard import _check_hparams
     from labkit.lora.inject import find_targets
-    from labkit.lora.layers import LoRAEmbedding, _check_hparams
+    from labkit.lora.layers import LoRAEmbedding
 
     _check_hparams(r, 1, 0.0)
     by_target: dict[str, int] = {}

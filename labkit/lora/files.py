@@ -13,14 +13,19 @@ Only the adapters are stored (a few MB for a 7B model), never the frozen base. T
 are PEFT's: a ``PeftModel`` wraps the model twice (``base_model`` -> ``model``), and the
 adapter name is dropped from the key, so one file can be loaded under any name. An
 adapter saved here loads with ``PeftModel.from_pretrained`` and one saved by PEFT loads
-with :func:`load_adapter`; the tests check both give the same logits.
+with :func:`load_adapter`; the tests check both give the same logits. The header metadata
+of a file saved here records the sha256 of its tensors, which :func:`load_adapter` checks,
+so a damaged or changed file is refused instead of loaded (PEFT's files, without the
+record, load as they are).
 
-Imports: torch, safetensors (when saving or loading), ``labkit.lora.inject`` and
-``labkit.lora.counts``.
+Imports: torch, safetensors (when saving or loading), ``labkit.lora.inject``,
+``labkit.lora.guard`` and ``labkit.lora.counts``.
 """
 
 from __future__ import annotations
 
+import base64
+import hashlib
 import json
 import re
 from dataclasses import asdict
@@ -31,7 +36,9 @@ from labkit._deps import torch  # one clear line when torch is missing
 from torch import nn
 
 from labkit.lora.counts import model_params
+from labkit.lora.guard import _check_finite, _check_hparams, unchanged_on_error
 from labkit.lora.inject import (
+    BIAS_MODES,
     LoRAConfig,
     LoRAReport,
     _configs,
@@ -44,6 +51,11 @@ from labkit.lora.inject import (
 WEIGHTS_NAME = "adapter_model.safetensors"
 CONFIG_NAME = "adapter_config.json"
 PREFIX = "base_model.model."  # PeftModel -> LoraModel -> your model
+#: Header metadata key of the record ``save_adapter`` writes: the sha256 of all the file's
+#: tensors (see ``_tensors_sha256``), base64. PEFT ignores it; ``load_adapter`` checks it when
+#: it is there. One digest for the file, not one per tensor: 60 bytes, where a record per
+#: tensor would add about 130 bytes a tensor (4 kB to the lessons' 73 kB adapter).
+DIGEST_KEY = "labkit_sha256"
 
 # PEFT options that change what an adapter computes; labkit implements none of them, so a
 # file that uses one is refused rather than loaded wrongly.
@@ -120,6 +132,9 @@ def save_adapter(model: nn.Module, directory, adapter_name: str | None = None, *
     write; FSDP2's shards are gathered first), by rank 0 only, and every rank waits at a
     barrier until the files are there. The adapter is saved once, not W times.
 
+    The safetensors header records the sha256 of the tensors (``DIGEST_KEY``), so that
+    :func:`load_adapter` finds a damaged or changed file; PEFT ignores the record.
+
     Returns:
         The directory.
     """
@@ -135,7 +150,8 @@ def save_adapter(model: nn.Module, directory, adapter_name: str | None = None, *
     tensors = adapter_state_dict(model, name)  # on every rank: FSDP2 gathers collectively
     if not distributed or dist.get_rank() == 0:
         out.mkdir(parents=True, exist_ok=True)
-        save_file(tensors, str(out / WEIGHTS_NAME), metadata={"format": "pt"})
+        save_file(tensors, str(out / WEIGHTS_NAME),
+                  metadata={"format": "pt", DIGEST_KEY: _tensors_sha256(tensors)})
         meta = asdict(cfg)
         meta.update(base_model_name_or_path=base_model_name_or_path
                     or cfg.base_model_name_or_path,
@@ -146,17 +162,36 @@ def save_adapter(model: nn.Module, directory, adapter_name: str | None = None, *
     return out
 
 
+def _tensors_sha256(tensors: dict[str, torch.Tensor]) -> str:
+    """sha256 of CPU tensors, base64: each one's name, dtype, shape and bytes (as safetensors
+    stores them), in name order. A renamed, reshaped or changed tensor changes it."""
+    h = hashlib.sha256()
+    for k in sorted(tensors):
+        t = tensors[k]
+        h.update(f"{k}\0{t.dtype}\0{tuple(t.shape)}\0".encode())
+        h.update(t.contiguous().reshape(-1).view(torch.uint8).numpy())
+    return base64.b64encode(h.digest()).decode()
+
+
 def read_adapter_config(directory) -> LoRAConfig:
     """Parse ``adapter_config.json`` (labkit's or PEFT's) into a :class:`LoRAConfig`.
 
     Raises:
         FileNotFoundError: no config file there.
-        ValueError: not a LoRA adapter, or it uses a PEFT option labkit does not implement.
+        ValueError: not JSON, not a LoRA adapter, a PEFT option labkit does not implement,
+            bad hyper-parameters or an invalid ``target_modules`` regex (the path is named).
     """
     path = Path(directory) / CONFIG_NAME
     if not path.is_file():
         raise FileNotFoundError(f"no {CONFIG_NAME} in {directory}; is this an adapter directory?")
-    d = json.loads(path.read_text())
+    try:
+        d = json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise ValueError(f"{path} is not valid JSON ({exc}); restore the file or save the "
+                         "adapter again") from None
+    if not isinstance(d, dict):
+        raise ValueError(f"{path} holds a JSON {type(d).__name__}, not an object of adapter "
+                         "settings; restore the file or save the adapter again")
     if d.get("peft_type") != "LORA":
         raise ValueError(f"{path} holds a {d.get('peft_type')!r} adapter; labkit loads LORA only")
     used = {k: d[k] for k in _UNSUPPORTED if d.get(k) not in (None, False, {}, [], "")}
@@ -166,12 +201,60 @@ def read_adapter_config(directory) -> LoRAConfig:
     missing = [k for k in ("r", "lora_alpha", "target_modules") if d.get(k) in (None, [], "")]
     if missing:
         raise ValueError(f"{path} lacks {missing}")
-    return LoRAConfig(
+    cfg = LoRAConfig(
         r=d["r"], lora_alpha=d["lora_alpha"], target_modules=d["target_modules"],
         lora_dropout=d.get("lora_dropout", 0.0), use_rslora=d.get("use_rslora", False),
         fan_in_fan_out=d.get("fan_in_fan_out", False),
         bias=d.get("bias", "none"), base_model_name_or_path=d.get("base_model_name_or_path"),
         task_type=d.get("task_type"))
+    _check_config(cfg, path)
+    return cfg
+
+
+def _check_config(cfg: LoRAConfig, path: Path) -> None:
+    try:
+        _check_hparams(cfg.r, cfg.lora_alpha, cfg.lora_dropout)
+    except ValueError as exc:
+        raise ValueError(f"{path}: {exc}") from None
+    if cfg.bias not in BIAS_MODES:
+        raise ValueError(f"{path}: bias must be one of {BIAS_MODES}, got {cfg.bias!r}")
+    t = cfg.target_modules
+    if isinstance(t, str):  # PEFT's regex form, matched against full module names
+        try:
+            re.compile(t)
+        except re.error as exc:
+            raise ValueError(f"{path}: target_modules {t!r} is not a valid regular expression "
+                             f"({exc}); fix the pattern, or list the module names") from None
+    elif not isinstance(t, list) or not all(isinstance(x, str) and x for x in t):
+        raise ValueError(f"{path}: target_modules must be a list of module names or a regex "
+                         f"string, got {t!r}")
+
+
+def _read_tensors(weights: Path) -> dict[str, torch.Tensor]:
+    """The tensors of an adapter file, checked against the sha256 record (when there is one)
+    and for NaN / inf; every error names the file and the tensor."""
+    from safetensors import safe_open
+
+    try:
+        with safe_open(str(weights), "pt", device="cpu") as f:
+            meta = f.metadata() or {}
+            tensors = {k: f.get_tensor(k) for k in f.keys()}
+    except Exception as exc:  # safetensors' own error type, OSError, ...
+        raise ValueError(f"{weights} is not a readable safetensors file ({exc}); restore it or "
+                         "save the adapter again") from None
+    damaged = ("the file is damaged or was changed after it was saved; restore it or save "
+               "the adapter again")
+    # files labkit saved carry the record; PEFT's have none and load unchecked
+    if DIGEST_KEY in meta and meta[DIGEST_KEY] != _tensors_sha256(tensors):
+        raise ValueError(f"{weights}: its tensors ({len(tensors)}: names, shapes and bytes) do "
+                         f"not match the sha256 recorded when it was saved ({DIGEST_KEY} in "
+                         f"its header); {damaged}")
+    for k, t in tensors.items():
+        if t.is_floating_point():
+            _check_finite(t, f"{weights}: tensor {k!r}", "loading it would make every output "
+                          "NaN; the adapter diverged in training (train it again, e.g. with a "
+                          "lower learning rate) or the file is damaged")
+    return tensors
 
 
 def load_adapter(model: nn.Module, directory, adapter_name: str = "default", *,
@@ -195,15 +278,21 @@ def load_adapter(model: nn.Module, directory, adapter_name: str = "default", *,
     Raises:
         ValueError: targets that match nothing in the model, tensors whose shapes do not fit
             it, missing or unexpected tensors, or a config that disagrees with an adapter of
-            the same name already in the model.
+            the same name already in the model; a config that is not JSON, a tensor that does
+            not match the file's sha256 record, or holds NaN / inf. Every check runs before
+            the model changes, or the model is restored: after an error it is as it was.
     """
-    from safetensors.torch import load_file
-
     cfg = read_adapter_config(directory)
     weights = Path(directory) / WEIGHTS_NAME
     if not weights.is_file():
         raise FileNotFoundError(f"no {WEIGHTS_NAME} in {directory}")
-    tensors = load_file(str(weights), device="cpu")
+    tensors = _read_tensors(weights)
+    with unchanged_on_error(model):  # e.g. shapes that do not fit: the injection is undone
+        return _load_into(model, directory, cfg, tensors, adapter_name, is_trainable)
+
+
+def _load_into(model: nn.Module, directory, cfg: LoRAConfig, tensors: dict,
+               adapter_name: str, is_trainable: bool) -> LoRAReport:
     existing = _configs(model).get(adapter_name)
     if existing is None:
         targets = cfg.target_modules

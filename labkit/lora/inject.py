@@ -7,7 +7,10 @@ then be switched (:func:`set_adapter`), switched off (:func:`disable_adapters`,
 :func:`adapters_disabled`), deleted, merged into the base weights (:func:`merge_lora`,
 :func:`unmerge_lora`, :func:`merged_state_dict`) or removed (:func:`unload_lora`).
 
-Imports: torch, ``labkit.lora.layers`` and ``labkit.lora.counts``.
+A call that fails leaves the model as it was: inputs are checked before the first change,
+and :func:`add_lora` also runs under :func:`labkit.lora.guard.unchanged_on_error`.
+
+Imports: torch, ``labkit.lora.layers``, ``labkit.lora.guard`` and ``labkit.lora.counts``.
 """
 
 from __future__ import annotations
@@ -23,7 +26,13 @@ from labkit._deps import torch  # one clear line when torch is missing
 from torch import nn
 
 from labkit.lora.counts import ParamCount, model_params
-from labkit.lora.layers import LoRAEmbedding, LoRALayer, LoRALinear, _check_hparams, _is_conv1d
+from labkit.lora.guard import (
+    _check_adapter_name,
+    _check_hparams,
+    _check_mergeable,
+    unchanged_on_error,
+)
+from labkit.lora.layers import LoRAEmbedding, LoRALayer, LoRALinear, _is_conv1d
 
 BIAS_MODES = ("none", "all", "lora_only")
 
@@ -50,9 +59,7 @@ class LoRAConfig:
 
 def _configs(model: nn.Module) -> dict[str, LoRAConfig]:
     """The adapters ``add_lora`` put on ``model``, by name (kept on the model itself)."""
-    if "_lora_configs" not in model.__dict__:
-        model.__dict__["_lora_configs"] = {}
-    return model.__dict__["_lora_configs"]
+    return model.__dict__.setdefault("_lora_configs", {})
 
 
 def _can_wrap(mod: nn.Module) -> bool:
@@ -160,15 +167,23 @@ def add_lora(model: nn.Module, targets, *, r: int, alpha: float, dropout: float 
     Returns:
         A :class:`LoRAReport`; ``print`` it for the PEFT-style summary line.
 
-    Raises:
-        ValueError: bad hyper-parameters, a target that matches nothing, or an adapter of
-            this name already on the model / on one of the layers.
+    Raises (after an error the model is as it was):
+        ValueError: bad hyper-parameters (NaN / inf too), a target that matches nothing, or
+            an adapter of this name already on the model / on one of the layers.
         RuntimeError: an adapter is merged into the model (unmerge first).
     """
     _check_hparams(r, alpha, dropout)
     if bias not in BIAS_MODES:
         raise ValueError(f"bias must be one of {BIAS_MODES}, got {bias!r}")
-    configs = _configs(model)
+    _check_new_adapter(model, adapter_name)
+    with unchanged_on_error(model):  # checks first; the guard covers what they miss
+        return _add_lora(model, targets, r, alpha, dropout, use_rslora, bias, adapter_name)
+
+
+def _check_new_adapter(model: nn.Module, adapter_name: str) -> None:
+    """Refuse a name that cannot be a new adapter of ``model``, or a merged ``model``."""
+    _check_adapter_name(adapter_name)
+    configs = model.__dict__.get("_lora_configs", {})  # read only: _configs() would add it
     if adapter_name in configs:
         raise ValueError(
             f"model already has a LoRA adapter named {adapter_name!r} (targets "
@@ -177,14 +192,16 @@ def add_lora(model: nn.Module, targets, *, r: int, alpha: float, dropout: float 
     if merged := [n for n, lay in lora_layers(model) if lay.merged]:
         raise RuntimeError(f"layers {merged[:3]} have an adapter merged into their weights; "
                            "unmerge_lora(model) before adding another adapter")
+
+
+def _add_lora(model, targets, r, alpha, dropout, use_rslora, bias, adapter_name) -> LoRAReport:
     hits = find_targets(model, targets)
     conv = {_is_conv1d(getattr(m, "base_layer", m)) for _, m in hits}
     if len(conv) > 1:  # the file format has one fan_in_fan_out flag per adapter
         raise ValueError(
             "targets mix GPT-2 Conv1D layers with other layers; PEFT's adapter format records "
             "one fan_in_fan_out flag per adapter, so put them in two adapters (adapter_name=)")
-    twice = [n for n, m in hits if isinstance(m, LoRALayer) and adapter_name in m.r]
-    if twice:  # check before changing anything, so a failed call leaves the model as it was
+    if twice := [n for n, m in hits if isinstance(m, LoRALayer) and adapter_name in m.r]:
         raise ValueError(
             f"layers {twice[:5]} already have a LoRA adapter named {adapter_name!r}; "
             "pass another adapter_name to add a second adapter")
@@ -205,12 +222,11 @@ def add_lora(model: nn.Module, targets, *, r: int, alpha: float, dropout: float 
         saved = [n for n, _ in hits]
     else:
         saved = sorted({targets} if isinstance(targets, str) else set(targets))
-    configs[adapter_name] = LoRAConfig(r=r, lora_alpha=alpha, target_modules=saved,
-                                       lora_dropout=dropout, use_rslora=use_rslora, bias=bias,
-                                       fan_in_fan_out=conv == {True})
+    _configs(model)[adapter_name] = cfg = LoRAConfig(
+        r=r, lora_alpha=alpha, target_modules=saved, lora_dropout=dropout,
+        use_rslora=use_rslora, bias=bias, fan_in_fan_out=conv == {True})
     set_adapter(model, adapter_name)
-    return LoRAReport(adapter_name, configs[adapter_name], [n for n, _ in hits],
-                      model_params(model), notes)
+    return LoRAReport(adapter_name, cfg, [n for n, _ in hits], model_params(model), notes)
 
 
 def lora_layers(model: nn.Module) -> Iterator[tuple[str, LoRALayer]]:
@@ -270,9 +286,8 @@ def set_adapter(model: nn.Module, adapter_name: str) -> None:
         lay.set_adapter(adapter_name if adapter_name in lay.r else None)
     names = set(get_adapter_params(model, adapter_name))
     bias = getattr(_configs(model).get(adapter_name), "bias", "none")
-    for n, _ in model.named_parameters():
-        if bias == "all" and (n == "bias" or n.endswith(".bias")):
-            names.add(n)
+    if bias == "all":
+        names |= {n for n, _ in model.named_parameters() if n.rpartition(".")[2] == "bias"}
     if bias == "lora_only":
         for path, lay in layers:
             if adapter_name in lay.r and getattr(lay.base_layer, "bias", None) is not None:
@@ -314,19 +329,21 @@ def delete_adapter(model: nn.Module, adapter_name: str) -> None:
 def merge_lora(model: nn.Module) -> None:
     """Merge the active adapter into the base weights of every LoRA layer (see ``merge``).
 
-    Raises:
-        RuntimeError: some layer is merged already, or adapters are disabled; checked for
-            every layer before any weight changes.
+    Raises (all checked on every layer before any weight changes):
+        RuntimeError: some layer is merged already, or adapters are disabled.
+        ValueError / TypeError: an update holds NaN or inf, or a base layer has no dense
+            float weight to merge into (the message names the layer).
     """
-    layers = [lay for _, lay in _layers_or_raise(model)]
-    if merged := [lay.merged_adapter for lay in layers if lay.merged]:
+    layers = _layers_or_raise(model)
+    if merged := [lay.merged_adapter for _, lay in layers if lay.merged]:
         raise RuntimeError(f"adapter {merged[0]!r} is already merged into the model; "
                            "unmerge_lora(model) before merging again")
-    if not all(lay.adapters_enabled for lay in layers):
+    if not all(lay.adapters_enabled for _, lay in layers):
         raise RuntimeError("adapters are disabled; enable_adapters(model) before merging")
-    for lay in layers:
-        if lay.active_adapter is not None:
-            lay.merge()
+    active = [(path, lay) for path, lay in layers if lay.active_adapter is not None]
+    _check_mergeable(active)
+    for _, lay in active:
+        lay.merge()
 
 
 def unmerge_lora(model: nn.Module) -> None:
@@ -358,8 +375,8 @@ def merged_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
             rest = rest.removeprefix("base_layer.")
             key = f"{owner}.{rest}"
             if rest == "weight" and lay._use_adapter():
-                w = lay.base_weight()
-                t = w + lay.delta_weight().to(w.dtype)
+                _, w, delta = lay._mergeable(where=f"layer {owner!r}")
+                t = w + delta.to(w.dtype)
                 t = t.T if lay.fan_in_fan_out else t
         out[key] = t.detach().clone()
     return out
@@ -369,7 +386,10 @@ def unload_lora(model: nn.Module, merge: bool = True) -> nn.Module:
     """Replace every LoRA layer by its base layer (merging the active adapter first when
     ``merge``). Parameters stay frozen; ``model.requires_grad_(True)`` to train them all.
     """
-    for name, lay in _layers_or_raise(model):
+    layers = _layers_or_raise(model)
+    if merge:
+        _check_mergeable([(n, lay) for n, lay in layers if lay._use_adapter()])
+    for name, lay in layers:
         if merge and lay._use_adapter():
             lay.merge()
         parent_name, _, child = name.rpartition(".")

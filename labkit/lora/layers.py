@@ -6,11 +6,10 @@ low-rank update (Hu et al., 2021, arXiv:2106.09685, section 4.1)::
     h = W x + s * B A x        A: (r, k), B: (d, r), r << min(d, k), s = alpha / r
 
 This module holds :class:`LoRALayer` (named adapters, switching, enable/disable,
-merging), :class:`LoRALinear` (``nn.Linear``, linear-like bases and GPT-2's ``Conv1D``),
-:class:`LoRAEmbedding`, and the hyper-parameter check :func:`_check_hparams` that
-injection and QLoRA share. Attribute names are PEFT's (``base_layer``, ``lora_A``, ...).
+merging), :class:`LoRALinear` (``nn.Linear``, linear-like bases and GPT-2's ``Conv1D``)
+and :class:`LoRAEmbedding`. Attribute names are PEFT's (``base_layer``, ``lora_A``, ...).
 
-Imports: torch and ``labkit._deps`` only (no other labkit module).
+Imports: torch, ``labkit._deps`` and ``labkit.lora.guard`` (the checks) only.
 """
 
 from __future__ import annotations
@@ -22,21 +21,7 @@ from labkit._deps import torch  # one clear line when torch is missing
 import torch.nn.functional as F
 from torch import nn
 
-# --------------------------------------------------------------------------- checks
-
-
-def _check_hparams(r, alpha, dropout) -> None:
-    """Reject bad hyper-parameters with a message that names the fix."""
-    if isinstance(r, bool) or not isinstance(r, int) or r <= 0:
-        raise ValueError(f"LoRA rank r must be a positive int (e.g. r=8), got r={r!r}")
-    if isinstance(alpha, bool) or not isinstance(alpha, (int, float)) or not alpha > 0:
-        raise ValueError(
-            "LoRA alpha must be a positive number (commonly alpha = r or 2 * r), "
-            f"got alpha={alpha!r}"
-        )
-    if isinstance(dropout, bool) or not isinstance(dropout, (int, float)) or not 0 <= dropout < 1:
-        raise ValueError(f"LoRA dropout must lie in [0, 1) (0.0 = off), got dropout={dropout!r}")
-
+from labkit.lora.guard import _check_adapter_name, _check_finite, _check_hparams
 
 # --------------------------------------------------------------------------- layers
 
@@ -122,9 +107,7 @@ class LoRALayer(nn.Module):
             ValueError: bad ``r`` / ``alpha`` / ``dropout``, or ``name`` already exists here.
         """
         _check_hparams(r, alpha, dropout)
-        if not isinstance(name, str) or not name.isidentifier():
-            raise ValueError(
-                f"adapter name must be a Python identifier like 'default', got {name!r}")
+        _check_adapter_name(name)
         if name in self.r:
             raise ValueError(
                 f"this layer already has a LoRA adapter named {name!r}; pass another "
@@ -196,6 +179,28 @@ class LoRALayer(nn.Module):
     def _write_base_weight(self, new: torch.Tensor) -> None:
         self.base_layer.weight.data.copy_(new.T if self.fan_in_fan_out else new)
 
+    def _mergeable(self, name: str | None = None, where: str = "this layer"
+                   ) -> tuple[str, torch.Tensor, torch.Tensor]:
+        """Everything :meth:`merge` checks, changing nothing: ``(name, W, s * B A)``."""
+        name = self.active_adapter if name is None else name
+        if self.merged:
+            raise RuntimeError(
+                f"adapter {self.merged_adapter!r} is already merged into {where}; "
+                "unmerge() before merging again"
+            )
+        if name is None or name not in self.r:
+            raise RuntimeError(
+                f"no adapter to merge (asked {name!r}, {where} has {self.adapter_names})")
+        if not self.adapters_enabled:
+            raise RuntimeError(
+                f"adapters are disabled on {where}; enable_adapters() before merging")
+        w, delta = self.base_weight(), self.delta_weight(name)
+        _check_finite(delta, f"adapter {name!r} on {where} (its update s * B A)",
+                      "merging it would write them into the base weight, so nothing was merged. "
+                      "The adapter diverged or comes from a damaged file: train it again (e.g. "
+                      "with a lower learning rate) or load a good copy")
+        return name, w, delta
+
     @torch.no_grad()
     def merge(self, name: str | None = None) -> None:
         """Fold adapter ``name`` (default: the active one) into the base: ``W += s * B A``.
@@ -205,21 +210,10 @@ class LoRALayer(nn.Module):
 
         Raises:
             RuntimeError: an adapter is merged already, or adapters are disabled.
+            ValueError: the update holds NaN or inf (the base weight stays as it was).
         """
-        name = self.active_adapter if name is None else name
-        if self.merged:
-            raise RuntimeError(
-                f"adapter {self.merged_adapter!r} is already merged into this layer; "
-                "unmerge() before merging again"
-            )
-        if name is None or name not in self.r:
-            raise RuntimeError(
-                f"no adapter to merge (asked {name!r}, layer has {self.adapter_names})")
-        if not self.adapters_enabled:
-            raise RuntimeError(
-                "adapters are disabled on this layer; enable_adapters() before merging")
-        w = self.base_weight()
-        self._write_base_weight(w + self.delta_weight(name).to(w.dtype))
+        name, w, delta = self._mergeable(name)
+        self._write_base_weight(w + delta.to(w.dtype))
         self.merged_adapter = name
         self.active_adapter = name
 

@@ -312,23 +312,46 @@ def quantize_linear(linear: nn.Module, backend: str = "auto", quant_type: str = 
         compute_dtype: see :func:`resolve_compute_dtype`.
 
     Raises:
-        ValueError: ``linear`` is 4-bit already, is not an ``nn.Linear``, or bad options.
+        ValueError: ``linear`` is 4-bit already, is not an ``nn.Linear``, bad options, or
+            its weight holds NaN or inf (with either back end).
+        TypeError: its weight is not float32, bfloat16 or float16.
     """
-    if is_4bit(linear) or isinstance(linear, LoRALayer) and is_4bit(linear.base_layer):
-        raise ValueError("this layer is already quantized to 4 bits; quantizing twice would "
-                         "stack two rounding errors. Quantize the full-precision model once.")
-    if not isinstance(linear, nn.Linear):
-        raise ValueError(f"only nn.Linear layers can be quantized to 4 bits, got "
-                         f"{type(linear).__name__}")
-    device = linear.weight.device
+    device = linear.weight.device if isinstance(getattr(linear, "weight", None),
+                                                torch.Tensor) else torch.device("cpu")
     backend = resolve_backend(backend, device)
     compute_dtype = resolve_compute_dtype(compute_dtype, device)
+    _check_quantizable(linear, "quantize_linear", backend, quant_type, blocksize)
+    return _quantized(linear, backend, quant_type, double_quant, blocksize, compute_dtype)
+
+
+def _check_quantizable(linear: nn.Module, what: str, backend: str, quant_type: str,
+                       blocksize: int) -> None:
+    """Everything :func:`quantize_linear` refuses, for either back end, before it builds
+    anything: a 4-bit or non-``nn.Linear`` layer, bad options, a weight that is not float32
+    / bfloat16 / float16, or one that holds NaN or inf (bitsandbytes would quantize it to
+    an all-NaN layer without a word). ``what`` names the layer in the message."""
+    if is_4bit(linear) or isinstance(linear, LoRALayer) and is_4bit(linear.base_layer):
+        raise ValueError(f"{what}: the layer is already quantized to 4 bits; quantizing twice "
+                         "would stack two rounding errors. Quantize the full-precision model "
+                         "once.")
+    if not isinstance(linear, nn.Linear):
+        raise ValueError(f"{what}: only nn.Linear layers can be quantized to 4 bits, got "
+                         f"{type(linear).__name__}")
     Q._check_quant_type(quant_type)
     Q._check_blocksize(blocksize)
+    if backend == "bnb" and quant_type not in ("nf4", "fp4"):
+        raise ValueError(f"bitsandbytes quantizes to 'nf4' or 'fp4', not {quant_type!r}; "
+                         "use backend='labkit' for int4")
+    w = linear.weight.detach()
+    Q._check_float_input(w, what)
+    if not bool(torch.isfinite(w).all()):
+        Q._raise_not_finite(w, what)
+
+
+def _quantized(linear: nn.Linear, backend: str, quant_type: str, double_quant: bool,
+               blocksize: int, compute_dtype: torch.dtype) -> nn.Module:
+    """The 4-bit layer, with every input already checked (:func:`_check_quantizable`)."""
     if backend == "bnb":
-        if quant_type not in ("nf4", "fp4"):
-            raise ValueError(f"bitsandbytes quantizes to 'nf4' or 'fp4', not {quant_type!r}; "
-                             "use backend='labkit' for int4")
         return _bnb_from_linear(linear, quant_type, double_quant, blocksize, compute_dtype)
     return Linear4bit.from_linear(linear, quant_type, double_quant, blocksize, compute_dtype)
 

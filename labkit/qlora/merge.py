@@ -30,7 +30,7 @@ import torch
 from safetensors.torch import save_file
 from torch import nn
 
-from labkit.lora import LoRALayer, LoRALinear, lora_layers
+from labkit.lora import LoRALayer, LoRALinear, _check_finite, _check_mergeable, lora_layers
 from labkit.qlora.linear4bit import Linear4bit, _bnb_from_linear, dequantize_weight, is_4bit
 
 # --------------------------------------------------------------------------- merging into 4 bits
@@ -153,7 +153,8 @@ def merge_qlora(model: nn.Module) -> MergeReport:
         (:func:`merged_16bit_state_dict`).
 
     Raises:
-        ValueError: the model has no QLoRA layers.
+        ValueError: the model has no QLoRA layers, or an update holds NaN or inf (checked
+            on every layer before any is merged).
         RuntimeError: as :func:`labkit.lora.merge_lora` (merged already, disabled).
     """
     layers = _as_qlora(model)
@@ -162,10 +163,11 @@ def merge_qlora(model: nn.Module) -> MergeReport:
                          "first (or labkit.lora.merge_lora for a full-precision base)")
     if merged := [n for n, lay in layers if lay.merged]:
         raise RuntimeError(f"layers {merged[:3]} are merged already; unmerge_qlora(model) first")
+    layers = [(n, lay) for n, lay in layers if lay.active_adapter is not None
+              and lay.adapters_enabled]
+    _check_mergeable(layers)  # NaN / inf in an update: refused, naming the layer, unmerged
     rows = []
     for name, lay in layers:
-        if lay.active_adapter is None or not lay.adapters_enabled:
-            continue
         delta = lay.delta_weight().float()
         exact = lay.base_weight() + delta
         lay.merge()
@@ -217,7 +219,10 @@ def merged_16bit_state_dict(model: nn.Module, dtype: torch.dtype = torch.bfloat1
             if mod._use_adapter() or mod.merged:
                 if mod.merged:  # the saved pre-merge base + the update, not the rounded merge
                     w = dequantize_weight(mod.__dict__.get("_premerge", mod.base_layer))
-                w = w + mod.delta_weight(mod.active_adapter).float()
+                delta = mod.delta_weight(mod.active_adapter)
+                _check_finite(delta, f"adapter {mod.active_adapter!r} on layer {name!r}",
+                              "the merged export would hold them; fix or retrain the adapter")
+                w = w + delta.float()
             bias = mod.base_layer.bias
         else:
             w, bias = dequantize_weight(mod), mod.bias

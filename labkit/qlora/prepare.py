@@ -31,13 +31,15 @@ from labkit.lora import (
     add_lora,
     find_targets,
 )
+from labkit.lora.inject import _check_new_adapter
 from labkit.models import set_gradient_checkpointing
 from labkit.qlora.linear4bit import (
     Linear4bit,
+    _check_quantizable,
     _is_bnb_4bit,
+    _quantized,
     disable_cpu_inference_repack,
     is_4bit,
-    quantize_linear,
     resolve_backend,
     resolve_compute_dtype,
 )
@@ -220,6 +222,31 @@ def _device_of(model: nn.Module) -> torch.device:
     return torch.device("cpu")
 
 
+def _plan(model: nn.Module, targets, quant_type: str, blocksize: int,
+          compute_dtype: torch.dtype | None, backend: str
+          ) -> tuple[str, torch.dtype, list[tuple[str, nn.Module]]]:
+    """Every check :func:`quantize_model` makes, changing nothing: back end, compute dtype
+    and the target layers, each one quantizable (:func:`_check_quantizable`)."""
+    device = _device_of(model)
+    backend = resolve_backend(backend, device)
+    compute_dtype = resolve_compute_dtype(compute_dtype, device)
+    hits = find_targets(model, targets)
+    twice = [n for n, m in hits if is_4bit(m) or isinstance(m, LoRALayer)
+             and is_4bit(m.base_layer)]
+    if twice:
+        raise ValueError(f"layers {twice[:3]} are already quantized to 4 bits; quantizing "
+                         "twice would stack two rounding errors. Start from the "
+                         "full-precision model.")
+    bad = [f"{n} ({type(m).__name__})" for n, m in hits if type(m) is not nn.Linear]
+    if bad:
+        raise ValueError(f"targets matched layers that are not plain nn.Linear: {bad[:3]}; "
+                         "QLoRA quantizes linear layers only (embeddings and norms stay in "
+                         "higher precision). Name linear layers, e.g. q_proj, v_proj.")
+    for name, lin in hits:
+        _check_quantizable(lin, f"layer {name!r}", backend, quant_type, blocksize)
+    return backend, compute_dtype, hits
+
+
 def quantize_model(model: nn.Module, targets, *, quant_type: str = "nf4",
                    double_quant: bool = True, blocksize: int = 64,
                    compute_dtype: torch.dtype | None = None, backend: str = "auto"
@@ -236,29 +263,22 @@ def quantize_model(model: nn.Module, targets, *, quant_type: str = "nf4",
         quant_type, double_quant, blocksize, compute_dtype, backend: see
             :func:`quantize_linear`.
 
+    Every layer is checked before the first one is replaced, so a refused call leaves the
+    model as it was. (No rollback after that: keeping the full-precision layers alive until
+    the end would hold the whole model twice, in 16 and in 4 bits, on the device.)
+
     Raises:
         ValueError: a target matches nothing (the message lists the names that exist),
-            matches a layer that is already 4-bit or is not an ``nn.Linear``, or bad options.
+            matches a layer that is already 4-bit or is not an ``nn.Linear``, a weight that
+            holds NaN or inf (the message names the layer), or bad options.
+        TypeError: a target's weight is not float32, bfloat16 or float16.
     """
-    device = _device_of(model)
-    backend = resolve_backend(backend, device)
-    compute_dtype = resolve_compute_dtype(compute_dtype, device)
-    hits = find_targets(model, targets)
-    twice = [n for n, m in hits if is_4bit(m) or isinstance(m, LoRALayer)
-             and is_4bit(m.base_layer)]
-    if twice:
-        raise ValueError(f"layers {twice[:3]} are already quantized to 4 bits; quantizing "
-                         "twice would stack two rounding errors. Start from the "
-                         "full-precision model.")
-    bad = [f"{n} ({type(m).__name__})" for n, m in hits if type(m) is not nn.Linear]
-    if bad:
-        raise ValueError(f"targets matched layers that are not plain nn.Linear: {bad[:3]}; "
-                         "QLoRA quantizes linear layers only (embeddings and norms stay in "
-                         "higher precision). Name linear layers, e.g. q_proj, v_proj.")
+    backend, compute_dtype, hits = _plan(model, targets, quant_type, blocksize, compute_dtype,
+                                         backend)
     before = base_weight_bytes(model)
     names, numel, t_before, t_after = [], 0, 0, 0
     for name, lin in hits:
-        q = quantize_linear(lin, backend, quant_type, double_quant, blocksize, compute_dtype)
+        q = _quantized(lin, backend, quant_type, double_quant, blocksize, compute_dtype)
         parent_name, _, child = name.rpartition(".")
         parent = model.get_submodule(parent_name) if parent_name else model
         setattr(parent, child, q)
@@ -297,16 +317,21 @@ def prepare_qlora(model: nn.Module, targets, *, r: int = 8, alpha: float = 16,
         higher precision.
 
     Raises:
-        ValueError: as :func:`quantize_model` and :func:`labkit.lora.add_lora`.
+        ValueError: as :func:`quantize_model` and :func:`labkit.lora.add_lora`; all checked
+            before the model changes, so after an error it is as it was.
     """
-    _check_hparams(r, alpha, dropout)  # before anything changes
+    # Everything is checked before anything changes (see quantize_model for why there is
+    # no rollback of the quantization): the adapter's settings and name, every target ...
+    _check_hparams(r, alpha, dropout)
+    _check_new_adapter(model, adapter_name)
+    _plan(model, targets, quant_type, blocksize, compute_dtype, backend)
+    if gradient_checkpointing:  # ... and checkpointing, which checks the model before it
+        set_gradient_checkpointing(model)  # changes it (only flags: order does not matter)
     qrep = quantize_model(model, targets, quant_type=quant_type, double_quant=double_quant,
                           blocksize=blocksize, compute_dtype=compute_dtype, backend=backend)
     lrep = add_lora(model, targets, r=r, alpha=alpha, dropout=dropout,
                     adapter_name=adapter_name)
     _as_qlora(model)
-    if gradient_checkpointing:
-        set_gradient_checkpointing(model)
     return QLoRAReport(qrep, lrep, gradient_checkpointing)
 
 
