@@ -52,6 +52,12 @@ ROWS = {
                   ("tinyllama-1.1b", 64, 1, 512, "adamw", False),
                   ("tinyllama-1.1b", 64, 1, 512, "paged_adamw", True)],
     "7b": [("llama-2-7b", 64, 1, 512, "adamw", True)],
+    # shapes the model was not written from: tied embeddings and a 128k vocabulary, longer
+    # sequences, batches above 1, other ranks
+    "extra": [("llama-3.2-1b", 16, 4, 256, "adamw", False),
+              ("tinyllama-1.1b", 8, 8, 128, "adamw", True),
+              ("mistral-7b", 16, 2, 1024, "paged_adamw", True),
+              ("llama-3-8b", 32, 1, 2048, "adamw", True)],
     "7b-all": [("llama-2-7b", 64, 1, 512, "adamw", True),
                ("llama-2-7b", 64, 1, 512, "adamw", False),
                ("llama-2-7b", 64, 1, 512, "paged_adamw", True)],
