@@ -10,6 +10,7 @@ import contextlib
 import difflib
 import io
 import itertools
+import json
 import re
 from collections import Counter
 
@@ -20,6 +21,10 @@ from labkit import quiz
 BANK = quiz.load_bank(quiz.BANK_DIR, cache=False)
 HAND_WRITTEN = [it for it in BANK.items if not it.generated]
 NEAR_DUPLICATE = 0.75  # SequenceMatcher ratio of two prompts at or above this is a near-duplicate
+SAME_WORDS = 0.8  # two prompts whose sets of words overlap more (Jaccard) are near-identical
+MIN_ITEMS, MIN_PER_TOPIC = 90, 8
+OPTION_KINDS = ("choice", "scenario", "find_bug")
+LESSONS = quiz.BANK_DIR.parent / "lessons"
 
 
 def run(code: str) -> str:
@@ -52,11 +57,12 @@ def test_every_lesson_topic_exists_and_every_extra_topic_is_asked_by_a_lesson():
 
 
 def test_counts_per_topic_kind_and_difficulty():
-    assert len(HAND_WRITTEN) >= 40
+    assert len(HAND_WRITTEN) >= MIN_ITEMS, f"{len(HAND_WRITTEN)} items, at least {MIN_ITEMS}"
     topics = Counter(it.topic for it in HAND_WRITTEN)
     kinds = Counter(it.kind for it in HAND_WRITTEN)
     levels = Counter(it.difficulty for it in HAND_WRITTEN)
-    assert all(topics[t] >= 4 for t in BANK.titles), topics
+    short = {t: topics[t] for t in BANK.titles if topics[t] < MIN_PER_TOPIC}
+    assert short == {}, f"topics with fewer than {MIN_PER_TOPIC} items: {short}"
     assert all(kinds[k] >= 3 for k in quiz.KINDS), kinds
     assert all(levels[d] >= 10 for d in quiz.DIFFICULTIES), levels
     # the 10-question test needs at least 3 / 4 / 3 scorable items of each difficulty
@@ -90,6 +96,38 @@ def near_duplicates(items, threshold=NEAR_DUPLICATE):
 
 def test_no_near_duplicate_prompts():
     assert near_duplicates(HAND_WRITTEN) == []
+
+
+def word_set(text: str) -> set[str]:
+    """The words of ``text``, lower-cased, without punctuation (``rank-8`` is two words)."""
+    return set(re.findall(r"[a-z0-9]+", text.lower()))
+
+
+def same_words(items, threshold=SAME_WORDS):
+    """Pairs of items whose prompts share more than ``threshold`` of their words (Jaccard)."""
+    found = []
+    for a, b in itertools.combinations(items, 2):
+        wa, wb = word_set(a.prompt), word_set(b.prompt)
+        overlap = len(wa & wb) / len(wa | wb)
+        if overlap > threshold:
+            found.append((a.id, b.id, round(overlap, 2)))
+    return found
+
+
+def test_no_two_prompts_share_nearly_all_their_words():
+    pairs = same_words(HAND_WRITTEN)
+    assert pairs == [], "prompts that share most of their words (merge or reword one): " + \
+        ", ".join(f"{a} ~ {b} ({j})" for a, b, j in pairs)
+
+
+def test_the_word_overlap_check_catches_a_copy_in_another_order():
+    """Reordered, a copy escapes SequenceMatcher but not the word overlap."""
+    original = BANK.by_id["lp-trainable-count"]
+    copy = quiz.Item(**{**original.__dict__, "id": "copy", "prompt": (
+        "How many parameters train when a 1024 x 1024 linear layer gets a rank-8 adapter?")})
+    assert near_duplicates([original, copy]) == []
+    assert same_words([original, copy, BANK.by_id["qz-why"]]) == [
+        ("lp-trainable-count", "copy", pytest.approx(0.93, abs=0.01))]
 
 
 def test_the_near_duplicate_check_catches_a_reworded_copy():
@@ -201,3 +239,84 @@ def test_generated_model_bytes_uses_labkit_quant():
 def test_generated_kind_must_be_known():
     with pytest.raises(ValueError, match="unknown generated kind 'x'; use 'lora-count'"):
         quiz.generate_item("x", 0)
+
+
+# ------------------------------------------------------------- what the bank must cover
+
+
+COVERED = {
+    # what a paged optimizer does: its state can move to CPU RAM when the GPU runs short
+    "paged optimizer": lambda it: "paged" in it.prompt.lower() and "cpu" in it.answer.lower(),
+    # per-step speed, LoRA against full fine-tuning: the backward pass still runs through the
+    # frozen layers, so a step is not much faster
+    "LoRA vs full fine-tuning, per step": lambda it: (
+        "full fine-tuning" in it.prompt.lower() and "step" in it.prompt.lower()
+        and "backward" in it.answer.lower()),
+    # per-step speed, QLoRA against LoRA: slower, because the base is dequantized
+    "QLoRA vs LoRA, per step": lambda it: (
+        "qlora" in it.prompt.lower() and "lora" in it.prompt.lower().replace("qlora", "")
+        and "slower" in it.answer.lower() and "dequantiz" in it.answer.lower()),
+    # a negative stem: "which of these is NOT ..."
+    "a negative stem": lambda it: bool(re.search(r"\bNOT\b", it.prompt)),
+}
+
+
+@pytest.mark.parametrize("subject", COVERED)
+def test_the_bank_asks_about(subject):
+    found = [it.id for it in HAND_WRITTEN
+             if it.kind in quiz.SCORED_KINDS and COVERED[subject](it)]
+    assert found, f"no scored item asks about {subject}"
+
+
+def test_a_negative_stem_is_among_the_core_topics_and_asks_for_a_benefit():
+    """ "Which of these is NOT a benefit of LoRA?": the right option is the false claim."""
+    negative = [it for it in HAND_WRITTEN if re.search(r"\bNOT\b", it.prompt)]
+    assert any(it.topic in quiz.CORE_TOPICS and "benefit" in it.prompt.lower()
+               for it in negative), [it.id for it in negative]
+
+
+@pytest.mark.parametrize("item", [pytest.param(it, id=it.id) for it in HAND_WRITTEN
+                                  if it.kind in OPTION_KINDS])
+def test_every_wrong_option_has_its_own_feedback(item):
+    """One specific line per wrong option: why that option is wrong, not a bare "No"."""
+    wrong = [c for c in item.choices if c.text != item.answer]
+    lines = [c.feedback.strip() for c in wrong]
+    assert all(len(line.split()) >= 6 for line in lines), lines
+    assert len(set(lines)) == len(lines), f"{item.id}: two wrong options share a feedback line"
+    assert len(item.choices) == 4, f"{item.id}: {len(item.choices)} options (four, as the rest)"
+
+
+def _lesson_text(lesson: str) -> str:
+    """What a lesson says and prints (markdown and stored outputs; not its code, whose format
+    specs are full of small numbers), without the cells that show quiz items, with thousands
+    separators removed."""
+    nb = next(LESSONS.glob(f"{lesson}_*.ipynb"))
+    parts = []
+    for cell in json.loads(nb.read_text())["cells"]:
+        src = "".join(cell["source"])
+        if re.search(r"quiz\.|worked\(|by_id", src):
+            continue
+        if cell["cell_type"] == "markdown":
+            parts.append(src)
+        for out in cell.get("outputs", []):
+            parts.append("".join(out.get("text") or out.get("data", {}).get("text/plain") or ""))
+    return "\n".join(parts).replace(",", "")
+
+
+def _numbers(text: str) -> set[str]:
+    return set(re.findall(r"(?<![\d.])\d+(?:\.\d+)?(?![\d])", text.replace(",", "")))
+
+
+@pytest.mark.parametrize("lesson", sorted(quiz.LESSON_ITEMS))
+def test_no_lesson_prints_the_answer_of_its_closing_quiz(lesson):
+    """A closing quiz checks what the lesson taught, not whether the learner can copy a
+    number the lesson printed a few cells earlier: the numbers of a code_output answer, or of
+    a find_bug item's right output, must not all appear in what the lesson says or prints."""
+    said = _numbers(_lesson_text(lesson))
+    shown = []
+    for item_id in quiz.LESSON_ITEMS[lesson]:
+        item = BANK.by_id[item_id]
+        value = {"code_output": item.answer, "find_bug": item.output}.get(item.kind)
+        if value and _numbers(value) and _numbers(value) <= said:
+            shown.append(f"{item_id} ({value})")
+    assert shown == [], f"lesson {lesson} prints the answer of its closing item(s): {shown}"

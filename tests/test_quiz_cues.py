@@ -12,6 +12,10 @@ from labkit import quiz
 from labkit.quiz.cues import cue_report
 
 FIXTURE = Path(__file__).parent / "fixtures" / "cueing_bank.yaml"
+SHIPPED = quiz.load_bank(quiz.BANK_DIR, cache=False).items
+#: The right option must also be the longest, and the shortest, of its item now and then: a
+#: bank whose right option is never the longest teaches "never pick the longest" instead.
+MIN_EXTREME_SHARE = 0.10
 
 
 @pytest.fixture
@@ -48,3 +52,23 @@ def test_position_cue_is_measured_in_the_order_shown(cueing):
     shown = {it.id: [c.text for c in it.options()].index(it.answer) for it in cueing}
     assert {i: sorted(v) for i, v in rep.positions.items()} == {
         p: sorted(k for k, q in shown.items() if q == p) for p in set(shown.values())}
+
+
+def test_the_shipped_bank_gives_no_answer_cue():
+    """No length or position cue in the real bank (limits: labkit.quiz.cues.LIMITS); the
+    message lists each bound broken and the items to rewrite."""
+    problems = cue_report(SHIPPED).problems()
+    assert problems == [], "answer cues in quizzes/*.yaml:\n" + "\n".join(problems)
+
+
+def test_the_shipped_bank_does_not_cue_the_other_way_either():
+    """Balancing lengths must not overshoot: if the right option were never the longest (or
+    never the shortest), eliminating the extremes would be a strategy of its own."""
+    rep = cue_report(SHIPPED)
+    assert rep.n >= 40, rep.n
+    for cue in ("longest", "shortest"):
+        share = len(getattr(rep, cue)) / rep.n
+        assert share >= MIN_EXTREME_SHARE, (
+            f"the right option is strictly the {cue} in only {100 * share:.0f} % of "
+            f"{rep.n} items (at least {100 * MIN_EXTREME_SHARE:.0f} %): a learner can rule "
+            f"out the {cue} option")
