@@ -48,7 +48,7 @@ LESSON_ITEMS = {
     "04": ("qz-bytes-recall", "qz-absmax-bits", "qz-double-quant"),
     "05": ("ql-name", "ql-what-4bit", "ql-dequant"),
     "06": ("mem-bytes-per-param", "mem-lora-removes", "mem-checkpointing-code"),
-    "07": ("qz-why", "ql-memory-bug", "ql-adapter-precision"),
+    "07": ("qz-why", "ql-paged-optimizer", "ql-step-speed"),  # its cells answer ql-memory-bug
     "08": ("bf-scenario-budget", "ln-grow", "ln-scenario-speed"),
     "09": ("sc-ddp-replica", "sc-adapter-bytes", "sc-token-weighting"),
 }
