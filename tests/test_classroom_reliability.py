@@ -154,15 +154,27 @@ def test_memory_limit_turns_a_huge_allocation_into_a_row():
     assert "cell 4 ran out of memory (the check kernel may use 1 GB" in why
     result, why = rows["oom.ipynb", "adamw-bytes"]  # the allocation inside the function
     assert result == "FAIL" and "your function raised MemoryError: ran out of memory" in why
+    # a limit too small for the kernel itself: one row that says so
+    (row,) = classroom.check_notebooks([INSTRUCTOR], lessons=LESSONS, memory_gb=0.05)
+    assert row.result == "ERROR" and row.feedback.startswith("the kernel did not start")
+    assert "is --memory-limit 0.05 GB too small for it?" in row.feedback
 
 
-def test_a_dead_kernel_is_one_row_and_the_whole_notebook_has_a_limit():
+def test_a_dead_kernel_or_a_hang_is_one_row_and_the_whole_notebook_has_a_limit():
     rows = classroom.check_notebooks([SUBS / "exits.ipynb"], lessons=LESSONS, timeout=30)
     assert [(r.exercise, r.result) for r in rows] == [
         ("lora-count", "ERROR"), ("adamw-bytes", "ERROR")]
     assert rows[0].feedback.startswith("the kernel died in cell 5 (os._exit")
     assert rows[1].feedback == "not run: the notebook stopped at cell 5"
     assert not any("timeout" in r.feedback or "ran past" in r.feedback for r in rows)
+    # the same when the grader calls the functions: one loops forever, the other exits
+    rows = check(SUBS / "stalls.ipynb", timeout=2)
+    assert rows == {
+        ("stalls.ipynb", "lora-count"): (
+            "ERROR", "running lora_count on the grader's inputs took longer than the 2 s "
+                     "timeout"),
+        ("stalls.ipynb", "adamw-bytes"): (
+            "ERROR", "the kernel died while running adamw_bytes on the grader's inputs")}
     # hangs.ipynb sleeps 600 s in cell 2: the 60 s per cell do not stop it, the 2 s do
     rows = check(FIX / "bad" / "hangs.ipynb", timeout=60, total_timeout=2)
     assert rows["hangs.ipynb", "-"] == ("ERROR", "the notebook ran past the 2 s limit for the "

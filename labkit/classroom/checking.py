@@ -156,8 +156,12 @@ def check_notebook(path: Path, lessons=LESSONS_DIR, timeout: float = TIMEOUT,
                 result, why = "ERROR", f"not run: the notebook stopped at cell {stop[0] + 1}"
             elif not box.alive:
                 result, why = "ERROR", "not graded: the kernel is gone (another row says why)"
+            elif box.time_left() <= 0:
+                result, why = "ERROR", (f"not graded: the notebook used up its {total_timeout:g}"
+                                        " s limit (another row says where)")
             else:
-                mine_errors = [i for i in errors if start <= i < end] or sorted(errors)[:1]
+                mine_errors = ([i for i in errors if start <= i < end]
+                               or [i for i in sorted(errors) if i < start][:1])
                 context = "; ".join(f"cell {i + 1} {_describe(errors[i], memory_gb)}"
                                     for i in mine_errors)
                 try:
@@ -197,7 +201,9 @@ def check_notebooks(paths, lessons=LESSONS_DIR, timeout: float = TIMEOUT,
                                    cache)
         except ClassroomError as exc:
             rows.append(Row(name, "-", "ERROR", str(exc).removeprefix(f"{name}: ")))
-        except (SandboxStop, Exception) as exc:  # a kernel that will not start, and the like
+        except SandboxStop as exc:  # a kernel that will not start
+            rows.append(Row(name, "-", "ERROR", str(exc)))
+        except Exception as exc:  # and the like
             rows.append(Row(name, "-", "ERROR", f"{type(exc).__name__}: {exc}"))
     # feedback may quote the submission (an exception's message): no control characters
     return [Row(r.notebook, r.exercise, r.result,

@@ -72,7 +72,7 @@ class RemoteFunction:
     def __call__(self, *args, **kwargs):
         msg, out = self._ask({"op": "call", "fn": self.name},
                              {"args": list(args), "kwargs": kwargs},
-                             f"{self.name} ran on the grader's inputs")
+                             f"running {self.name} on the grader's inputs")
         torch = sys.modules.get("torch")
         changed = out.get("changed")
         for key, new in (changed.items() if isinstance(changed, dict) else ()):
@@ -98,7 +98,7 @@ class RemoteFunction:
         """
         try:
             _, out = self._ask({"op": "backward", "grad_id": grad_id}, {"grad": grad},
-                               f"the gradient of {self.name} was computed")
+                               f"computing the gradient through {self.name}")
         except Exception as exc:  # SandboxStop (a BaseException) passes
             raise RuntimeError(f"{type(exc).__name__}: {exc}") from None
         grads = out.get("grads")

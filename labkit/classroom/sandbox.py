@@ -122,7 +122,11 @@ class Sandbox:
             self._pgid = self._km.provisioner.pid  # a new session: its group id is its pid
             self._kc = self._km.client()
             self._kc.start_channels()
-            self._kc.wait_for_ready(timeout=60)
+            try:
+                self._kc.wait_for_ready(timeout=60)
+            except RuntimeError as exc:
+                raise SandboxStop(f"the kernel did not start ({exc}); is --memory-limit "
+                                  f"{self.memory_gb:g} GB too small for it?") from None
             self._deadline = time.monotonic() + self.total_timeout  # from a started kernel
         except BaseException:
             self.__exit__(None, None, None)
@@ -133,7 +137,8 @@ class Sandbox:
     def __exit__(self, *exc) -> None:
         self.alive = False
         if self._kc is not None:
-            self._kc.stop_channels()
+            with contextlib.suppress(Exception):
+                self._kc.stop_channels()
         if self._km is not None:
             try:
                 self._km.shutdown_kernel(now=True)
@@ -149,7 +154,8 @@ class Sandbox:
 
     # -------------------------------------------------------------------------- running
 
-    def _left(self) -> float:
+    def time_left(self) -> float:
+        """Seconds left of the submission's limit."""
         return self._deadline - time.monotonic()
 
     def _wait(self, msg_id: str, seconds: float) -> dict | str:
@@ -190,7 +196,9 @@ class Sandbox:
         """(reply content or "timeout"/"died", whether the submission's limit was the one)."""
         if not self.alive:
             return "died", False
-        limit = min(timeout, self._left())
+        limit = min(timeout, self.time_left())
+        if limit <= 0:
+            return "timeout", True
         msg_id = self._kc.execute(code, allow_stdin=False, stop_on_error=False, **kw)
         reply = self._wait(msg_id, max(limit, 0.0))
         if reply == "timeout":
@@ -209,7 +217,8 @@ class Sandbox:
         return Outcome("ok")
 
     def request(self, message: str, timeout: float, what: str) -> str:
-        """Send a ``wire`` request; the reply's JSON text. ``what`` names it in errors.
+        """Send a ``wire`` request; the reply's JSON text. ``what`` names it in errors
+        ("running f on the grader's inputs").
 
         Raises:
             SandboxStop: the kernel died, or ``what`` ran past ``timeout`` or the
@@ -223,7 +232,7 @@ class Sandbox:
         if reply == "timeout":
             limit = (f"the {self.total_timeout:g} s limit for the whole notebook" if total
                      else f"the {timeout:g} s timeout")
-            raise SandboxStop(f"{what} ran past {limit}")
+            raise SandboxStop(f"{what} took longer than {limit}")
         answer = reply.get("user_expressions", {}).get("reply", {})
         if answer.get("status") != "ok":
             why = f"{answer.get('ename', '?')}: {answer.get('evalue', '')}".strip(": ")
