@@ -6,11 +6,15 @@ the classic mistakes one by one (a missing scale, a transposed matrix, one momen
 two...) to name the one the learner made. A check never raises on a wrong answer: it prints
 one line and returns a :class:`CheckResult`.
 
-The protocol that ``python -m labkit.classroom check`` reads from executed notebooks is that
-line::
+That line is for the learner (and :func:`parse_check_lines` reads it back from stored
+outputs)::
 
     CHECK <name>: PASS - <message>
     CHECK <name>: FAIL - <message>
+
+``python -m labkit.classroom check`` does not trust it: it runs the same check in its own
+process, on the learner's function called through the submission's kernel with a fresh
+``seed``, and takes the verdict from the returned :class:`CheckResult`.
 
 An exercise stub that still raises ``NotImplementedError`` is not caught: the cell fails with
 the stub's own message ("Exercise ...: see the hint above"), so a learner running a student

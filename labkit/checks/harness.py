@@ -4,8 +4,10 @@ Every ``check_*`` (one module per lesson, in this package) uses these pieces: it
 value passed instead of a function (:func:`_not_callable`), calls the learner's function
 through :func:`_call` (an unsolved stub's ``NotImplementedError`` passes through; any other
 exception becomes a :class:`_LearnerError` that the check reports), and ends with
-:func:`_report`, which prints the one protocol line that ``python -m labkit.classroom check``
-reads back with :data:`CHECK_LINE` / :func:`parse_check_lines`::
+:func:`_report`, which prints the one protocol line for the learner (read back from stored
+outputs with :data:`CHECK_LINE` / :func:`parse_check_lines`) and returns the
+:class:`CheckResult` that ``python -m labkit.classroom check`` takes its verdict from (it
+runs the check in its own process, never reading the line)::
 
     CHECK <name>: PASS - <message>
     CHECK <name>: FAIL - <message>

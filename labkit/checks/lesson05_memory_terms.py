@@ -12,6 +12,7 @@ Imports: ``labkit.checks.harness`` (the shared harness) and the standard library
 from __future__ import annotations
 
 import math
+import random
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -25,6 +26,12 @@ class _Term:
     reference: Callable
     mistakes: tuple
     cases: tuple
+    #: One more case from a random.Random (multiples of 64: whole blocks and bytes).
+    random_case: Callable
+
+
+def _whole_blocks(rng: random.Random, blocksize: int) -> tuple[int, int]:
+    return blocksize * rng.randrange(1, 10**7), blocksize
 
 
 #: The memory terms ``check_memory_term`` knows: name -> what the learner's function computes.
@@ -51,6 +58,7 @@ MEMORY_TERMS: dict[str, _Term] = {
              lambda n: 8 * n / 1e9),
         ),
         cases=((1_000,), (4_194_304,), (7_000_000_000,), (12_345,)),
+        random_case=lambda rng: (64 * rng.randrange(1, 10**8),),
     ),
     "nf4_weights": _Term(
         signature="f(n_params, blocksize) -> bytes",
@@ -72,6 +80,7 @@ MEMORY_TERMS: dict[str, _Term] = {
              lambda n, bs: 4 * n + 32 * (n // bs)),
         ),
         cases=((4096, 64), (1_048_576, 64), (7_000_000_000, 64), (65_536, 128)),
+        random_case=lambda rng: _whole_blocks(rng, rng.choice((64, 128, 256))),
     ),
     "qlora_weights": _Term(
         signature="f(n_base, n_adapter) -> bytes",
@@ -94,11 +103,13 @@ MEMORY_TERMS: dict[str, _Term] = {
              lambda nb, na: 2 * nb + na * 4.5 / 8),
         ),
         cases=((6_738_415_616, 39_976_960), (1_048_576, 16_384), (64_000, 1_000)),
+        random_case=lambda rng: (64 * rng.randrange(1, 10**8), 64 * rng.randrange(1, 10**6)),
     ),
 }
 
 
-def check_memory_term(fn: Callable, term: str = "adamw_state") -> H.CheckResult:
+def check_memory_term(fn: Callable, term: str = "adamw_state",
+                      seed: int | None = None) -> H.CheckResult:
     """Check a function that returns the bytes of one memory term.
 
     Terms (see ``MEMORY_TERMS``): ``"adamw_state"`` ``f(n_params)``, 8 bytes per parameter;
@@ -106,6 +117,9 @@ def check_memory_term(fn: Callable, term: str = "adamw_state") -> H.CheckResult:
     ``"qlora_weights"`` ``f(n_base, n_adapter)``, a 4.5-bit base plus bf16 adapters. The
     inputs are multiples of 64 (whole blocks and bytes), so the exact answer is an integer;
     a float equal to it is accepted.
+
+    With a ``seed`` (``python -m labkit.classroom check`` passes a fresh one), one more case
+    drawn from it follows the fixed ones, so the inputs cannot be known in advance.
 
     Named mistakes per term: one moment instead of two, bf16 instead of fp32, bits instead of
     bytes, gigabytes instead of bytes, missing block scales, compressing the adapters...
@@ -120,7 +134,10 @@ def check_memory_term(fn: Callable, term: str = "adamw_state") -> H.CheckResult:
     name = f"memory_{term}"
     if (bad := H._not_callable(name, fn)) is not None:
         return bad
-    for args in spec.cases:
+    cases = spec.cases
+    if seed is not None:
+        cases = (*cases, spec.random_case(random.Random(seed)))
+    for args in cases:
         want = spec.reference(*args)
         shown = ", ".join(f"{a:,}" for a in args)
         try:
@@ -139,4 +156,4 @@ def check_memory_term(fn: Callable, term: str = "adamw_state") -> H.CheckResult:
             name, False, f"for ({shown}) you return {got:,.6g}, expected {want:,}: {spec.formula}"
         )
     done = spec.formula.split(":")[-1].strip()
-    return H._report(name, True, f"{done} on {len(spec.cases)} inputs")
+    return H._report(name, True, f"{done} on {len(cases)} inputs")

@@ -1,12 +1,18 @@
 """Exercises in a lesson notebook, and the learner's (student) version of it.
 
 An exercise is a code cell with nbgrader's ``solution`` metadata whose solution sits between
-the :data:`BEGIN` and :data:`END` marker lines. :func:`exercises` finds and validates them;
-:func:`student_notebook` replaces each marked region with a ``raise NotImplementedError``
-stub (markdown: ``YOUR ANSWER HERE``) and clears outputs; :func:`make_student` writes the
-student version of a folder of lessons, all or nothing. Reading a notebook
-(:func:`_read`) and listing a folder's notebooks (:func:`_notebooks`) live here too, and
-:class:`ClassroomError`, which every classroom command raises for a bad notebook or folder.
+the :data:`BEGIN` and :data:`END` marker lines. A marker line is matched ignoring case and
+spacing (``### begin  solution`` counts, as does ``# BEGIN SOLUTION``); a line that only
+nearly is one (``### BEGIN-SOLUTION``, ``## BEGIN SOLUTIONS``) is an error naming the cell,
+never left in place, so a typo cannot leak a solution into the student version.
+:func:`exercises` finds and validates them; :func:`student_notebook` replaces each marked
+region with a ``raise NotImplementedError`` stub (markdown: ``YOUR ANSWER HERE``) and clears
+outputs; :func:`make_student` writes the student version of a folder of lessons, all or
+nothing, and refuses to write into a learner's workspace (:data:`MARKER`). Reading a notebook
+(:func:`_read`) and listing a folder's notebooks (:func:`_notebooks`) live here too; both
+refuse inside a ``check`` kernel (:data:`CHECK_KERNEL_ENV`), so a submission being checked
+cannot read the instructor's solutions through labkit. :class:`ClassroomError` is what every
+classroom command raises for a bad notebook or folder.
 
 Imports: ``nbformat`` and the standard library; nothing from labkit.
 """
@@ -15,12 +21,23 @@ from __future__ import annotations
 
 import copy
 import os
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
 import nbformat
 
 BEGIN, END = "### BEGIN SOLUTION", "### END SOLUTION"
+#: A marker line: one or more ``#``, then BEGIN or END and SOLUTION, any case and spacing.
+_MARKER_LINE = re.compile(r"^#+\s*(BEGIN|END)\s+SOLUTION\s*$", re.IGNORECASE)
+#: The letters of a line that nearly is a marker (``BEGIN-SOLUTION``, ``End Solutions``...).
+_NEAR_MISS = {"beginsolution", "endsolution", "beginsolutions", "endsolutions"}
+#: The file that marks a folder as a learner's workspace (see ``labkit.classroom.workspace``).
+MARKER = ".labkit-workspace"
+#: The workspace's folder for the learner's replaced notebooks (never deleted).
+BACKUPS = ".backups"
+#: Set (to "1") in the environment of the kernel that ``check`` runs a submission in.
+CHECK_KERNEL_ENV = "LABKIT_CHECK_KERNEL"
 
 
 class ClassroomError(ValueError):
@@ -53,19 +70,39 @@ def _cell_label(index: int, cell) -> str:
     return label + (f", exercise {grade_id!r}" if grade_id else "")
 
 
+def marker(line: str, where: str = "", number: int = 0) -> str | None:
+    """``"BEGIN"`` or ``"END"`` when ``line`` is a solution marker, else None.
+
+    Case and spacing do not matter. A line whose letters spell a marker but which is not one
+    (``### BEGIN-SOLUTION``, ``# BEGIN SOLUTIONS``) raises, naming ``where`` and line
+    ``number``: left alone it would leave the solution in the student version.
+    """
+    text = line.strip()
+    m = _MARKER_LINE.match(text)
+    if m:
+        return m[1].upper()
+    if re.sub(r"[^a-z]", "", text.lower()) in _NEAR_MISS:
+        kind = BEGIN if "begin" in text.lower() else END
+        raise ClassroomError(
+            f"{where}: line {number} {text!r} looks like a solution marker but is not one; "
+            f"write it as {kind!r} (case and spaces do not matter)"
+        )
+    return None
+
+
 def _regions(source: str, where: str) -> list[tuple[int, int, str]]:
     """``(begin_line, end_line, indent)`` of each marked region; unbalanced markers raise."""
     out, begin, indent = [], None, ""
     for i, line in enumerate(source.splitlines()):
-        text = line.strip()
-        if text == BEGIN:
+        kind = marker(line, where, i + 1)
+        if kind == "BEGIN":
             if begin is not None:
                 raise ClassroomError(
                     f"{where}: {BEGIN!r} at line {i + 1} opens a second solution before the "
                     f"one from line {begin + 1} is closed; add {END!r} before it"
                 )
             begin, indent = i, line[: len(line) - len(line.lstrip())]
-        elif text == END:
+        elif kind == "END":
             if begin is None:
                 raise ClassroomError(
                     f"{where}: {END!r} at line {i + 1} has no {BEGIN!r} before it; add the "
@@ -162,7 +199,17 @@ def student_notebook(nb, name: str = "notebook"):
     return out
 
 
+def _refuse_in_check_kernel(what) -> None:
+    if os.environ.get(CHECK_KERNEL_ENV):
+        raise ClassroomError(
+            f"{what}: labkit.classroom reads no notebooks inside a check kernel "
+            f"({CHECK_KERNEL_ENV} is set): a submission being checked cannot see the "
+            "instructor's lessons or solutions"
+        )
+
+
 def _read(path: Path):
+    _refuse_in_check_kernel(path)
     if not path.is_file():
         raise ClassroomError(f"{path}: no such notebook")
     try:
@@ -174,6 +221,7 @@ def _read(path: Path):
 
 
 def _notebooks(src: Path) -> list[Path]:
+    _refuse_in_check_kernel(src)
     if src.is_dir():
         paths = sorted(p for p in src.glob("*.ipynb"))
         if not paths:
@@ -184,22 +232,36 @@ def _notebooks(src: Path) -> list[Path]:
     return [src]
 
 
-def make_student(src: str | os.PathLike, out: str | os.PathLike) -> list[Path]:
-    """Write the student version of every notebook of ``src`` (a folder or a file) to ``out``.
-
-    All notebooks are converted before any is written, so one bad notebook writes nothing.
-
-    Raises:
-        ClassroomError: ``out`` is the source folder; a notebook is missing or malformed.
-    """
-    src, out = Path(src), Path(out)
+def _student_versions(src: Path, out: Path) -> list[tuple[str, object]]:
+    """(file name, student notebook) of every notebook of ``src``, all converted first."""
     paths = _notebooks(src)
     if out.resolve() in {p.parent.resolve() for p in paths}:
         raise ClassroomError(
             f"{out}: is the folder of the instructor notebooks; writing there would replace "
             "the solutions. Choose another output folder"
         )
-    converted = [(p.name, student_notebook(_read(p), str(p))) for p in paths]
+    return [(p.name, student_notebook(_read(p), str(p))) for p in paths]
+
+
+def make_student(src: str | os.PathLike, out: str | os.PathLike) -> list[Path]:
+    """Write the student version of every notebook of ``src`` (a folder or a file) to ``out``.
+
+    All notebooks are converted before any is written, so one bad notebook writes nothing.
+
+    Raises:
+        ClassroomError: ``out`` is the source folder, or a learner's workspace (it holds
+            :data:`MARKER`; ``labkit.classroom.workspace.write_student(..., force=True)``
+            overwrites one, keeping backups); a notebook is missing or malformed.
+    """
+    src, out = Path(src), Path(out)
+    converted = _student_versions(src, out)
+    if (out / MARKER).is_file():
+        raise ClassroomError(
+            f"{out}: is a learner's workspace (it has {MARKER}); writing the student versions "
+            "there would overwrite the learner's work. Start lessons afresh with "
+            "`python -m labkit.classroom workspace --reset [LESSON]`, or pass --force to "
+            f"overwrite (the learner's notebooks are moved to {out / BACKUPS} first)"
+        )
     out.mkdir(parents=True, exist_ok=True)
     written = []
     for name, nb in converted:

@@ -3,8 +3,10 @@
 :func:`make_workspace` creates it on first run (``make lab`` does it) and only adds lessons
 that are new afterwards, never overwriting the learner's work; :func:`reset_workspace`
 replaces one lesson (or all) with a fresh student version, moving the old file to
-``.backups/``; :func:`resolve_lesson` finds a lesson by number or name, and
-:func:`solution` / :func:`show_solution` give one exercise's instructor solution. The
+``.backups/``; :func:`write_student` is ``student SRC OUT``, which refuses to write into a
+workspace unless forced, and then keeps backups the same way. :func:`resolve_lesson` finds a
+lesson by number or name, and :func:`solution` / :func:`show_solution` give one exercise's
+instructor solution (refused inside a ``check`` kernel, as is every read of a lesson). The
 repository's ``lessons/`` and ``workspace/`` folders are the defaults.
 
 Imports: ``labkit.classroom.student`` (exercises, student versions, reading notebooks),
@@ -21,12 +23,15 @@ from pathlib import Path
 import nbformat
 
 from labkit.classroom.student import (
-    BEGIN,
-    END,
+    BACKUPS,
+    MARKER,
     ClassroomError,
     _notebooks,
     _read,
+    _student_versions,
     exercises,
+    make_student,
+    marker,
     student_notebook,
 )
 
@@ -35,9 +40,9 @@ ROOT = Path(__file__).resolve().parent.parent.parent
 #: The instructor lessons (with solutions) and the default workspace, both in the repository.
 LESSONS_DIR = ROOT / "lessons"
 WORKSPACE_DIR = ROOT / "workspace"
-#: The file that marks a folder as a labkit workspace (reset refuses to touch other folders).
-MARKER = ".labkit-workspace"
-BACKUPS = ".backups"
+# MARKER (the file that marks a folder as a labkit workspace; reset refuses to touch other
+# folders) and BACKUPS (where replaced notebooks go) are defined in .student, which checks
+# the marker too.
 
 
 def _lesson_paths(lessons: Path) -> list[Path]:
@@ -71,7 +76,7 @@ def solution(lesson: str, exercise: str, lessons: str | os.PathLike = LESSONS_DI
     if exercise not in by_id:
         have = ", ".join(by_id) or "none"
         raise ClassroomError(f"{path.name} has no exercise {exercise!r}; its exercises: {have}")
-    lines = [ln for ln in by_id[exercise].source.splitlines() if ln.strip() not in (BEGIN, END)]
+    lines = [ln for ln in by_id[exercise].source.splitlines() if marker(ln) is None]
     return "\n".join(lines)
 
 
@@ -137,6 +142,12 @@ def reset_workspace(
     _check_workspace(directory, create=False)
     paths = [resolve_lesson(lesson, lessons)] if lesson is not None else _lesson_paths(lessons)
     converted = [(p.name, student_notebook(_read(p), str(p))) for p in paths]
+    return _replace_notebooks(directory, converted)
+
+
+def _replace_notebooks(directory: Path, converted) -> list[tuple[Path, Path | None]]:
+    """Write each (name, notebook) into ``directory``, first moving a file already there to
+    ``<directory>/.backups/<stem>.<n>.ipynb`` (the lowest free n)."""
     done = []
     for name, nb in converted:
         target, backup = directory / name, None
@@ -150,3 +161,21 @@ def reset_workspace(
         nbformat.write(nb, target)
         done.append((target, backup))
     return done
+
+
+def write_student(
+    src: str | os.PathLike, out: str | os.PathLike, force: bool = False
+) -> list[tuple[Path, Path | None]]:
+    """``student SRC OUT``: the student versions of ``src`` written to ``out``.
+
+    Into a learner's workspace (``out`` holds :data:`MARKER`) only with ``force``, and then
+    each notebook it replaces is moved to ``out/.backups/`` first, as ``--reset`` does.
+    Everything is converted before anything is written.
+
+    Returns:
+        (written notebook, backup of the one it replaced or None) pairs.
+    """
+    src, out = Path(src), Path(out)
+    if not (force and (out / MARKER).is_file()):
+        return [(path, None) for path in make_student(src, out)]
+    return _replace_notebooks(out, _student_versions(src, out))
