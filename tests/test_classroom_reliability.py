@@ -299,3 +299,27 @@ def test_solution_drops_markers_of_any_case(tmp_path):
     nbformat.write(nb, tmp_path / "01_exercises.ipynb")
     text = classroom.solution("01", "lora-count", tmp_path)
     assert text == "def lora_count(d, k, r):\n    return 1"
+
+
+def test_a_model_config_crosses_the_wire_as_data_and_nothing_else_does():
+    """Lesson 06's exercise takes a ModelConfig: it crosses as its fields and is rebuilt as
+    labkit's own class; a subclass (which could carry rigged methods) does not."""
+    import dataclasses
+
+    from labkit.classroom import wire
+    from labkit.configs import get_config
+
+    cfg = get_config("tinyllama-1.1b")
+    tensors: dict = {}
+    back = wire.decode(wire.encode(cfg, tensors), tensors)
+    assert back == cfg and type(back) is type(cfg)
+
+    @dataclasses.dataclass(frozen=True)
+    class Rigged(type(cfg)):
+        def __eq__(self, other):
+            return True
+
+    rigged = Rigged(**cfg.to_dict())
+    assert isinstance(wire.decode(wire.encode(rigged, tensors), tensors), wire.Opaque)
+    with pytest.raises(wire.WireError, match="config"):
+        wire.decode({"t": "config", "v": wire.encode({"hidden": 1}, tensors)}, tensors)

@@ -11,7 +11,9 @@ kernel (``labkit.classroom.remote``). This module is both ends of that wire:
   holding its value, so an ``__eq__`` that always says True never reaches the grader's
   comparison; a numpy scalar arrives as an ``int`` or ``float``. Anything else arrives as an
   :class:`Opaque` whose class carries the original type's name (so "got ndarray" still reads
-  right) and which equals nothing.
+  right) and which equals nothing. One labkit type crosses as data too: a
+  :class:`labkit.configs.ModelConfig` (its fields, rebuilt with ``ModelConfig.from_dict``,
+  which refuses unknown fields), since lesson 06's exercise takes a model's config.
 * :func:`serve` runs in the kernel (the grader sends
   ``__import__("labkit.classroom.wire", fromlist=["serve"]).serve("<json>")`` as a user
   expression): it looks up, calls, or back-propagates through the learner's function and
@@ -56,6 +58,12 @@ def _torch():
     return sys.modules.get("torch")
 
 
+def _model_config() -> type:
+    from labkit.configs import ModelConfig  # plain data, no torch: safe in both processes
+
+    return ModelConfig
+
+
 def encode(value, tensors: dict, depth: int = 0):
     """``value`` as a JSON-able tagged tree; tensors are stored in ``tensors`` by key."""
     torch = _torch()
@@ -71,6 +79,8 @@ def encode(value, tensors: dict, depth: int = 0):
         return {"t": "float", "v": float.__repr__(as_float)}
     if isinstance(value, str):
         return {"t": "str", "v": str.__str__(value)}
+    if type(value) is _model_config():  # exactly labkit's config class, not a subclass
+        return {"t": "config", "v": encode(value.to_dict(), tensors, depth + 1)}
     if torch is not None and isinstance(value, torch.Tensor):
         key = f"t{len(tensors)}"
         try:
@@ -125,6 +135,14 @@ def decode(tree, tensors: dict):
         if tree.get("grad") is True and out.is_floating_point():
             out.requires_grad_(True)
         return out
+    if t == "config":
+        fields = decode(v, tensors)
+        _check(isinstance(fields, dict) and all(
+            isinstance(x, (bool, int, float, str)) for x in fields.values()), "config")
+        try:
+            return _model_config().from_dict(fields)
+        except (TypeError, ValueError) as exc:
+            raise WireError(f"malformed value on the wire: config ({exc})") from None
     if t == "opaque":
         name, text = str(tree.get("type", "object")), str(tree.get("repr", ""))[:200]
         return _opaque_class(name)(text)
