@@ -146,14 +146,16 @@ class Task:
         return self._draw(n, random.Random(f"{self.name}/{seed}"))
 
     def _draw(self, n: int, rng: random.Random) -> list[tuple[str, str]]:
-        pairs = []
-        while len(pairs) < n:
+        words = [self._word(rng) for _ in range(n)]
+        return [(self.prompt(w), self.answer(w)) for w in words]
+
+    def _word(self, rng: random.Random) -> str:
+        """One random word of the task (the next draws of ``rng``)."""
+        while True:
             word = "".join(rng.choice(self.alphabet)
                            for _ in range(rng.randint(self.min_len, self.max_len)))
-            if self.must_contain and not any(c in self.must_contain for c in word):
-                continue  # redraw: the task would leave this word unchanged
-            pairs.append((self.prompt(word), self.answer(word)))
-        return pairs
+            if not self.must_contain or any(c in self.must_contain for c in word):
+                return word  # else redraw: the task would leave this word unchanged
 
     def batch(self, n: int, seed: int | None = None, rng: random.Random | None = None
               ) -> tuple[torch.Tensor, torch.Tensor]:
