@@ -176,7 +176,7 @@ GLOBAL_MISCONCEPTIONS: tuple[Misconception, ...] = (
         "full fine-tuning in 4 bits. Gradients flow through the base to the 16/32-bit "
         "adapters, which are the only weights that train."), (
         P("TRAIN", _LOWBIT, "PARAM|BASE|MODEL", unit="clause", ordered=True, window=5,
-          gap_free=f"BREAK {_PART.replace('|', ' ')} DEQUANT"),
+          gap_free=f"BREAK {_PART.replace('|', ' ')} DEQUANT FROZEN", unless_clause="FROZEN"),
         P(_LOWBIT, "PARAM|BASE|MODEL", "TRAIN", unit="clause", ordered=True, window=6,
           gap_free=f"BREAK {_PART.replace('|', ' ')} DEQUANT", unless_clause="FROZEN"),
         P("FULL_FT", _LOWBIT, unit="clause", window=8, unless_clause="FROZEN ADAPTER"),

@@ -30,8 +30,9 @@ carry what the scorer matches on. The steps, in order:
    negate the rest of the sentence. ``not only`` negates nothing, nor does ``than`` before a
    number ("less than 1 %").
 7. **Prose.** A sentence of at least :data:`MIN_WORDS` words is *keyword salad* when fewer than
-   :data:`MIN_RELATION_SHARE` of its words are function words or relation symbols (``=``,
-   ``->``, ``+``, ``:``): a string of key terms states no claim, so it earns nothing. Shorter
+   :data:`MIN_RELATION_SHARE` of its words are function words, finite verbs ("updates",
+   "is") or relation symbols (``=``, ``->``, ``+``, ``:``, a formula): a string of key terms
+   states no claim, so it earns nothing. Shorter
    notes ("W frozen.") count, unless the whole answer is salad by the same measure.
 
 Imports: labkit.quiz.lexicon; lemminflect when the first text is analysed.
@@ -293,10 +294,18 @@ def _clauses_and_negation(tokens: list[Token]) -> None:
         i += 1
 
 
+def _finite_verb(tok: Token) -> bool:
+    """"updates", "trained", "is": a verb form that makes a claim of a noun phrase."""
+    return tok.text in lx.AUXILIARIES or (
+        tok.text.endswith(("s", "ed")) and tok.text not in lx.VERBS and bool(tok.lemmas & lx.VERBS)
+    )
+
+
 def _measure(sentence: Sentence) -> None:
     words = [t for t in sentence.tokens if not t.symbol]
     sentence.words = sum(len(t.text.split()) for t in words)
-    sentence.relations = sum(t.function or t.text in lx.FORMULAS for t in words) + sum(
+    sentence.relations = sum(t.function or t.text in lx.FORMULAS or _finite_verb(t)
+                             for t in words) + sum(
         t.text in lx.RELATION_SYMBOLS for t in sentence.tokens
     )
     sentence.prose = sentence.words < MIN_WORDS or (
