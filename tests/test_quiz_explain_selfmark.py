@@ -87,3 +87,18 @@ def test_terminal_enter_skips_and_ended_input_is_fine(tmp_path):
     assert "Missed concepts:" in out and saved["self_marks"] == []
     out, saved = _terminal(tmp_path, SHAPES, "")
     assert "(input ended)" in out and "Done: 0/1 right." in out and saved["self_marks"] == []
+
+
+def test_explain_session_self_marks_every_missed_concept_once_per_tick(tmp_path):
+    progress = quiz.Progress(tmp_path / "p.json")
+    session = quiz.explain(progress=progress)
+    view = session.views[0]
+    view.response.value = "This answer is about something else entirely, in a sentence."
+    view.check_button.click()
+    missed = view.result.explain.missed
+    assert missed == [c["name"] for c in view.item.concepts]  # nothing covered
+    for box in view.mark_boxes:
+        box.value = True
+    assert [m["concept"] for m in progress.self_marks] == missed
+    assert progress.summary()[view.item.topic] == {"attempts": 1, "correct": 0, "items": 1,
+                                                   "score": 0.0}  # the score is untouched
