@@ -6,7 +6,6 @@ Each old name still works and warns, naming its replacement. Imports: labkit._ap
 
 from labkit._api import lazy_exports
 
-_OLD = ("MIN_WORDS", "MIN_FUNCTION_SHARE", "MAX_PER_SENTENCE", "NEGATION_WINDOW", "stem",
-        "words", "ExplainResult", "score_explanation")
+_OLD = ("MIN_WORDS", "words", "ExplainResult", "score_explanation")
 _DEPRECATED = {name: f"labkit.quiz.{name}" for name in _OLD}
 __getattr__, __dir__, __all__ = lazy_exports(__name__, {}, _DEPRECATED)

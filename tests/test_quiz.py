@@ -255,7 +255,7 @@ def test_widget_code_output_explain_and_recall(tmp_path):
     assert "Correct: it prints 14." in code.feedback.value
 
     exp = quiz.show(ids=["lb-explain"], progress=progress)
-    exp.response.value = "LoRA stands for low-rank adaptation. It trains all the weights."
+    exp.response.value = "LoRA keeps the base frozen. It still trains all the weights."
     exp.check_button.click()
     assert "1/4 concepts." in exp.feedback.value
     assert "Misconception: LoRA does not train all the weights" in exp.feedback.value

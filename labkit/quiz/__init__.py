@@ -26,14 +26,16 @@ Progress goes to ``--progress`` / ``progress=``, else ``$LABKIT_PROGRESS``, else
 file rewritten atomically, so several quizzes may answer into it at once.
 
 Modules: ``bank`` the item format, validation and loading; ``generated`` numeric items
-answered by labkit; ``explain_scorer`` the explain-in-your-own-words scorer; ``grading``
+answered by labkit; ``explain_scorer`` the explain-in-your-own-words scorer (with
+``explain_text`` reading an answer, ``explain_roles`` the global misconceptions and
+``lexicon`` the shared synonym table); ``grading``
 checking a response and a test's score; ``progress`` the attempts and self-marks file;
 ``selection`` the course's plan and drawing items; ``text`` an item as plain text;
 ``notebook`` the widgets and the lessons' API; ``cli`` the terminal (``__main__`` runs it).
 
 Imports: nothing at import time (the names below load lazily); the modules use the standard
-library, yaml, filelock (when a progress file is opened) and (generated items only)
-labkit.lora and labkit.quant.
+library, yaml, filelock (when a progress file is opened), lemminflect (when an explanation
+is scored) and (generated items only) labkit.lora and labkit.quant.
 """
 
 from labkit._api import lazy_exports
@@ -42,9 +44,9 @@ _EXPORTS = {
     ".bank": ["BANK_DIR", "KINDS", "DIFFICULTIES", "QuizError", "Choice", "Item", "parse_item",
               "Bank", "load_bank", "_BANKS"],
     ".generated": ["generate_item"],
-    ".explain_scorer": ["MIN_WORDS", "MIN_FUNCTION_SHARE", "MAX_PER_SENTENCE",
-                        "NEGATION_WINDOW", "stem", "words", "ExplainResult",
-                        "score_explanation"],
+    ".explain_scorer": ["MIN_WORDS", "MIN_RELATION_SHARE", "MISCONCEPTION_WINDOW", "words",
+                        "ExplainResult", "score_explanation", "phrase_pattern",
+                        "GLOBAL_MISCONCEPTIONS"],
     ".grading": ["Feedback", "check", "TestReport", "score_test"],
     ".progress": ["progress_path", "Progress", "ProgressFileWarning"],
     ".selection": ["SCORED_KINDS", "CORE_TOPICS", "REVIEW_TOPICS", "LESSON_TOPICS",

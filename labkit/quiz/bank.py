@@ -249,8 +249,10 @@ def _parse_choices(raw, answer, where, item_id) -> tuple[Choice, ...]:
 
 
 def _parse_phrases(raw, where, item_id, fld, label) -> tuple[dict, ...]:
-    if not isinstance(raw, list) or not raw:
-        raise _fail(where, item_id, fld, "must be a non-empty list")
+    if not isinstance(raw, list) or (not raw and fld == "concepts"):
+        # an item may have no misconceptions of its own: the scorer's global ones still apply
+        raise _fail(where, item_id, fld, "must be a non-empty list" if fld == "concepts"
+                    else "must be a list (empty if the global misconceptions suffice)")
     out = []
     for i, entry in enumerate(raw):
         sub = f"{fld}[{i}]"

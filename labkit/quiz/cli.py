@@ -1,6 +1,11 @@
 """The terminal quiz: ``python -m labkit.quiz [TOPIC|lesson NN|practice|test|flashcards|
 explain|progress|reset]``, answers read line by line from stdin (a person or a pipe).
 
+After an explain answer (outside a test) the terminal shows the checklist and the model
+answer, then lists the missed concepts by number: the learner may type the numbers of those
+they believe they covered (Enter skips), and each is recorded as a self-mark, apart from the
+automatic score.
+
 Any terminal works: what its encoding cannot print is printed in ASCII (``text.printable``),
 input that is not valid in its encoding reads as U+FFFD, and an option number is ASCII
 digits (``²`` or a 5000-digit number gets "Type a number from 1 to N."). Errors are one
@@ -103,7 +108,32 @@ class _Terminal:
             self.progress.record(item, fb, mode)
             if mode != "test" and item.kind != "recall":
                 self.say(solution_text(item))
+            if mode != "test" and fb.explain is not None and fb.explain.missed:
+                self.self_mark(item, fb.explain.missed)
             return fb
+
+    def self_mark(self, item: Item, missed: list[str]) -> list[str]:
+        """Offer the missed concepts by number; record each one the learner says they covered
+        with :meth:`Progress.record_self_mark` (apart from the score, which stays)."""
+        self.say("Missed concepts:")
+        for i, name in enumerate(missed):
+            self.say(f"  {i + 1}) {name}")
+        line = self.ask("If you believe you covered some, type their numbers (e.g. 1 3); "
+                        "Enter to skip: ")
+        picked: list[str] = []
+        for part in (line or "").replace(",", " ").split():
+            number = _OPTION.fullmatch(part)
+            if number is None or not 1 <= int(number.group(1)) <= len(missed):
+                self.say(f"Skipped {part!r}: type numbers from 1 to {len(missed)}.")
+                continue
+            name = missed[int(number.group(1)) - 1]
+            if name not in picked:
+                picked.append(name)
+                self.progress.record_self_mark(item.id, name)
+        if picked:
+            self.say("Noted as self-marked (your automatic score stays as it is): "
+                     + ", ".join(picked) + ".")
+        return picked
 
     def run(self, items: list[Item], mode: str, title: str) -> list[Feedback | None]:
         self.say(title)

@@ -1,114 +1,67 @@
 """Score an "explain in your own words" answer against a checklist of concepts.
 
-An explain item lists concepts, each with the phrases (and synonyms) that express it, and
-misconceptions, each with phrases that state something false. Scoring is deliberately simple
-and documented, so a learner (and a teacher) can predict it:
+An explain item (``quizzes/*.yaml``, ``kind: explain``) lists **concepts**, each with phrases
+that express it, and its own **misconceptions**, each with phrases and a message. On top of
+those, the :data:`~labkit.quiz.explain_roles.GLOBAL_MISCONCEPTIONS` (adapters in 4 bits,
+LoRA shrinks the model, from scratch, 4 bits make training faster, merged during training,
+A and B both zero, LoRA steps much faster, all weights trained) are checked on every item.
 
-1. **Words.** Text is lower-cased, split into words (``low-rank`` is two words, ``doesn't``
-   reads ``does not``), and each word is cut to a rough stem: the suffixes ``-ations``,
-   ``-ation``, ``-ings``, ``-ing``, ``-ies`` (to ``y``), ``-es``, ``-ed``, ``-s`` and then a
-   final ``-e`` are removed while at least three letters remain. So ``trains``, ``trained``
-   and ``training`` all read ``train``; ``quantize`` and ``quantization`` both ``quantiz``.
-2. **Phrases** match as consecutive stems inside one sentence (sentences end at ``.``, ``!``,
-   ``?``, ``;`` or a line break).
-3. **Negation.** A match preceded, within three words of the same sentence, by a negation
-   (``not``, ``no``, ``never``, ``without``, ``cannot``, ...) is *negated*.
-   A negated misconception is fine ("LoRA does not train all the weights"); a negated concept
-   is not credited ("the base is not frozen").
-4. **Misconceptions** that appear un-negated are flagged with the item's message and never
-   credited: a concept phrase inside a flagged misconception's words does not count.
-5. **Contradiction.** A concept both stated and negated in the same answer is not credited.
-6. **Sentences, not keyword salad.** Only sentences that read as prose count: at least
-   ``MIN_WORDS`` words, of which at least ``MIN_FUNCTION_SHARE`` are ordinary function words
-   (``the``, ``is``, ``of``, ``by``, ``only``...; English prose has 30-50 %) outside the key
-   phrases themselves (so the "and" of "A and B" does not count). A list of key terms has
-   none and scores nothing; the result says why.
-7. **One idea at a time.** One sentence earns at most ``MAX_PER_SENTENCE`` concepts (the
-   first ones of the checklist that it states), so a single sentence stuffed with every key
-   phrase cannot earn full marks.
+The rules, so that a learner and a teacher can predict a score:
 
-The score is "k/n concepts"; an answer passes when it has every concept and no misconception.
+1. **Reading.** The answer is read by :func:`labkit.quiz.explain_text.analyse`: sentences,
+   clauses, lemmas, the shared synonym table (:mod:`labkit.quiz.lexicon`), formulas,
+   negation. A phrase of the bank is read the same way, so a phrase is a set of *slots*
+   (its content words, as synonym classes), not a fixed string: "frozen base" is credited by
+   "the pretrained weights are kept unchanged", "W stays fixed" or "the base is not updated".
+2. **Concepts.** A concept is credited when one of its phrases has all its slots in one
+   sentence of the answer, in any order, each with the phrase's polarity (a phrase "no
+   gradients" needs a negated "gradients"; "frozen" is not credited by "not frozen").
+3. **Misconceptions.** An item misconception's phrase must have all its slots, with the
+   polarity written, in its word order within one clause, at most
+   :data:`MISCONCEPTION_WINDOW` tokens apart, with only small words between them ("sends the
+   whole model" matches "sends the model"; "sends gradients of the model" does not); a global
+   one must fit its role pattern. A negated claim ("the adapters are not quantized",
+   "LoRA does not train from scratch") is no misconception. A misconception found fails the
+   answer whatever else it covers, and its message says what is true.
+4. **No keyword salad.** A sentence of key terms without relating words earns nothing, nor
+   does an answer that is such a list as a whole (:mod:`~labkit.quiz.explain_text`, rule 7).
+   Questions ("Does LoRA ...?") earn nothing and state no misconception.
 
-Imports: the standard library only (no labkit module), so it can be read and tested alone.
+An answer **passes** when it has every concept and no misconception. The score is
+"k/n concepts"; :meth:`ExplainResult.checklist` shows each concept covered or not. No
+threshold was fitted: every rule above is a reading rule or a synonym.
+
+Imports: labkit.quiz.explain_text, labkit.quiz.explain_roles (lemminflect when scoring).
 """
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass, field
+from functools import lru_cache
 
-MIN_WORDS = 5
-MIN_FUNCTION_SHARE = 0.15
-MAX_PER_SENTENCE = 2
-NEGATION_WINDOW = 3
+from labkit.quiz.explain_roles import GLOBAL_MISCONCEPTIONS, Pattern, Slot
+from labkit.quiz.explain_text import MIN_RELATION_SHARE, MIN_WORDS, analyse, words
 
-_SUFFIXES = ("ations", "ation", "ings", "ing", "ies", "es", "ed", "s")
-_NEGATIONS = {"not", "no", "never", "without", "cannot", "nor", "neither", "none", "nothing"}
-_FUNCTION_WORDS = set(
-    """
-    a an the is are was were be been it its this that these those of to by in on for with
-    from into as at and or but so than then only instead while which who can does do did has
-    have had will would we you they i our your their because each every some not no just
-    also there what how when if about after before through
-    """.split()
-)
-_SENTENCE_END = re.compile(r"[.!?;\n]+")
-_WORD = re.compile(r"[a-z0-9]+(?:'[a-z]+)?")
+__all__ = ["MIN_WORDS", "MIN_RELATION_SHARE", "MISCONCEPTION_WINDOW", "ExplainResult",
+           "score_explanation", "phrase_pattern", "words", "GLOBAL_MISCONCEPTIONS"]
+
+MISCONCEPTION_WINDOW = 8
 
 
-def stem(word: str) -> str:
-    """Cut a lower-case word to a rough stem (see the module docstring, rule 1)."""
-    if word.endswith("ies") and len(word) > 4:
-        return word[:-3] + "y"
-    for suffix in _SUFFIXES:
-        if word.endswith(suffix) and len(word) - len(suffix) >= 3:
-            word = word[: -len(suffix)]
-            break
-    if word.endswith("e") and len(word) > 3:
-        word = word[:-1]
-    return word
-
-
-def words(text: str) -> list[str]:
-    """Lower-case words of ``text``; ``n't`` reads as a separate ``not``."""
-    text = text.lower().replace("\u2019", "'").replace("n't", " not")
-    return _WORD.findall(text)
-
-
-@dataclass
-class _Sentence:
-    words: list[str]
-    stems: list[str]
-    prose: bool = False
-
-
-def _sentences(text: str) -> list[_Sentence]:
-    out = []
-    for part in _SENTENCE_END.split(text):
-        ws = words(part)
-        if ws:
-            out.append(_Sentence(ws, [stem(w) for w in ws]))
-    return out
-
-
-def _mark_prose(sent: _Sentence, key_phrases: list[list[str]]) -> None:
-    """Rule 6; function words inside key phrases ("A and B", "less memory") do not count."""
-    inside: set[int] = set()
-    for ps in key_phrases:
-        for start in _find(sent.stems, ps):
-            inside.update(range(start, start + len(ps)))
-    function = sum(w in _FUNCTION_WORDS for i, w in enumerate(sent.words) if i not in inside)
-    sent.prose = len(sent.words) >= MIN_WORDS and function >= MIN_FUNCTION_SHARE * len(sent.words)
-
-
-def _find(stems: list[str], phrase: list[str]) -> list[int]:
-    """Start positions of ``phrase`` (a list of stems) inside ``stems``."""
-    n = len(phrase)
-    return [i for i in range(len(stems) - n + 1) if stems[i : i + n] == phrase]
-
-
-def _phrase_stems(phrase: str) -> list[str]:
-    return [stem(w) for w in words(phrase)]
+@lru_cache(maxsize=4096)
+def phrase_pattern(phrase: str, unit: str = "sentence") -> Pattern:
+    """The slots of a bank phrase: its content words as synonym classes, with polarity."""
+    slots = []
+    for sentence in analyse(phrase):
+        for tok in sentence.tokens:
+            if tok.symbol or tok.function or "BREAK" in tok.classes:
+                continue
+            classes = tok.classes - {"BREAK"}
+            slots.append(Slot(frozenset(classes), tok.lemmas if not classes else frozenset(),
+                              tok.negated))
+    if unit == "sentence":
+        return Pattern(tuple(slots))
+    return Pattern(tuple(slots), unit=unit, ordered=True, window=MISCONCEPTION_WINDOW, tight=True)
 
 
 @dataclass
@@ -118,13 +71,15 @@ class ExplainResult:
     Attributes:
         hit: names of the concepts credited, in checklist order.
         missed: names of the concepts not credited, in checklist order.
-        misconceptions: messages of the misconceptions found (un-negated).
-        notes: other remarks (keyword salad, contradictions), in plain words.
+        misconceptions: messages of the misconceptions found.
+        misconception_ids: their ids (a global id, or ``item-N`` for the item's N-th).
+        notes: other remarks (keyword salad), in plain words.
     """
 
     hit: list[str]
     missed: list[str]
     misconceptions: list[str] = field(default_factory=list)
+    misconception_ids: list[str] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
 
     @property
@@ -133,109 +88,77 @@ class ExplainResult:
 
     @property
     def score(self) -> float:
-        """Fraction of concepts credited, 0..1 (misconceptions do not add or subtract)."""
+        """Fraction of concepts credited, 0..1 (a misconception fails the answer instead)."""
         return len(self.hit) / self.total if self.total else 0.0
 
     @property
     def passed(self) -> bool:
         return not self.missed and not self.misconceptions
 
+    def checklist(self) -> list[tuple[str, bool]]:
+        """Every concept in checklist order, with whether it was covered."""
+        covered = set(self.hit)
+        order = self.hit + self.missed
+        return [(name, name in covered) for name in self._order or order]
+
+    _order: list[str] = field(default_factory=list, repr=False)
+
     def summary(self) -> str:
-        """One paragraph, e.g. ``3/4 concepts. Missed: frozen base.``."""
+        """The checklist as text, e.g. ``3/4 concepts.`` then ``[x] frozen base`` lines."""
         lines = [f"{len(self.hit)}/{self.total} concepts."]
         if self.hit:
             lines.append("Covered: " + ", ".join(self.hit) + ".")
         if self.missed:
             lines.append("Missed: " + ", ".join(self.missed) + ".")
+        lines += [f"  [{'x' if ok else ' '}] {name}" for name, ok in self.checklist()]
         lines += [f"Misconception: {m}" for m in self.misconceptions]
         lines += self.notes
         return "\n".join(lines)
 
 
 def score_explanation(text: str, concepts: list[dict], misconceptions: list[dict]) -> ExplainResult:
-    """Score free text against a concept checklist.
+    """Score free text against a concept checklist (rules in the module docstring).
 
     Args:
         text: the learner's answer.
         concepts: ``[{"name": str, "phrases": [str, ...]}, ...]``.
-        misconceptions: ``[{"phrases": [str, ...], "message": str}, ...]``.
+        misconceptions: the item's own, ``[{"phrases": [str, ...], "message": str}, ...]``;
+            the global misconceptions are always checked as well.
 
     Returns:
         An :class:`ExplainResult`; ``f"{len(hit)}/{total} concepts"`` is the headline.
     """
-    sentences = _sentences(text)
-    key_phrases = [
-        _phrase_stems(p) for entry in (*concepts, *misconceptions) for p in entry["phrases"]
-    ]
-    for sent in sentences:
-        _mark_prose(sent, key_phrases)
+    sentences = analyse(text)
     notes: list[str] = []
-    flagged: list[str] = []
-    blocked: list[set[int]] = [set() for _ in sentences]  # word positions inside misconceptions
-
-    for mis in misconceptions:
-        found = False
-        for s_idx, sent in enumerate(sentences):
-            for phrase in mis["phrases"]:
-                ps = _phrase_stems(phrase)
-                for start in _find(sent.stems, ps):
-                    if not _negated(sent.words, start):
-                        blocked[s_idx].update(range(start, start + len(ps)))
-                        found = True
-        if found:
-            flagged.append(mis["message"])
-
-    # state[c][s]: how concept c appears in sentence s, a subset of {"stated", "negated"}.
-    state: list[dict[int, set]] = []
-    listy: set[int] = set()  # sentences with key phrases that do not read as prose
-    for concept in concepts:
-        found: dict[int, set] = {}
-        for s_idx, sent in enumerate(sentences):
-            for phrase in concept["phrases"]:
-                ps = _phrase_stems(phrase)
-                for start in _find(sent.stems, ps):
-                    if blocked[s_idx] & set(range(start, start + len(ps))):
-                        continue
-                    if _negated(sent.words, start):
-                        found.setdefault(s_idx, set()).add("negated")
-                    elif sent.prose:
-                        found.setdefault(s_idx, set()).add("stated")
-                    else:
-                        listy.add(s_idx)
-        state.append(found)
-
-    credited: list[set[int]] = [set() for _ in sentences]  # concepts each sentence earns
-    for s_idx in range(len(sentences)):
-        stated_here = [c for c, found in enumerate(state) if "stated" in found.get(s_idx, ())]
-        credited[s_idx] = set(stated_here[:MAX_PER_SENTENCE])
-        if len(stated_here) > MAX_PER_SENTENCE:
-            notes.append(
-                f"Sentence {s_idx + 1} packs {len(stated_here)} key ideas; only "
-                f"{MAX_PER_SENTENCE} count there. Explain each in its own sentence."
-            )
+    ids, messages = [], []
+    for mis in GLOBAL_MISCONCEPTIONS:
+        if mis.find(sentences):
+            ids.append(mis.id)
+            messages.append(mis.message)
+    for n, mis in enumerate(misconceptions):
+        patterns = [phrase_pattern(p, "clause") for p in mis["phrases"]]
+        if any(p.find(s) is not None for p in patterns for s in sentences):
+            ids.append(f"item-{n}")
+            messages.append(mis["message"])
 
     hit, missed = [], []
-    for c, concept in enumerate(concepts):
-        stated = any(c in cred for cred in credited)
-        negated = any("negated" in marks for marks in state[c].values())
-        if stated and negated:
-            notes.append(f"You both stated and denied '{concept['name']}', so it is not counted.")
-        (hit if stated and not negated else missed).append(concept["name"])
+    for concept in concepts:
+        patterns = [phrase_pattern(p) for p in concept["phrases"]]
+        stated = any(p.find(s) is not None for p in patterns for s in sentences)
+        (hit if stated else missed).append(concept["name"])
 
     if sentences and not any(s.prose for s in sentences):
         notes.append(
-            f"Write whole sentences (at least {MIN_WORDS} words each): a list of key terms "
-            "does not explain how they fit together, so it is not scored."
+            "Write whole sentences: a list of key terms does not say how they fit together, "
+            "so it is not scored."
         )
-    elif listy:
-        numbers = ", ".join(str(i + 1) for i in sorted(listy))
+    elif any(not s.prose for s in sentences):
+        numbers = ", ".join(str(i + 1) for i, s in enumerate(sentences) if not s.prose)
         notes.append(
-            f"Sentence(s) {numbers} read like a list of terms (too short, or too few "
-            "small words like 'the', 'is', 'by'), so their key terms are not counted."
+            f"Sentence(s) {numbers} read like a list of terms (few small words like 'the', "
+            "'is', 'by' or symbols like '='), so their key terms are not counted."
         )
-    return ExplainResult(hit=hit, missed=missed, misconceptions=flagged, notes=notes)
+    result = ExplainResult(hit, missed, messages, ids, notes)
+    result._order = [c["name"] for c in concepts]
+    return result
 
-
-def _negated(sentence_words: list[str], start: int) -> bool:
-    before = sentence_words[max(0, start - NEGATION_WINDOW) : start]
-    return any(w in _NEGATIONS for w in before)

@@ -29,6 +29,11 @@ class ItemView:
     index), ``response`` (Text / Textarea), ``check_button``, ``hint_button``,
     ``solution_button``, ``reveal_button`` / ``knew_button`` / ``again_button`` (recall);
     read ``feedback.value``, ``hint.value``, ``solution.value`` and ``result``.
+
+    An explain item, once checked (outside a test), shows its checklist in ``feedback``, the
+    model answer in ``model_answer`` and one checkbox per missed concept in ``mark_boxes``
+    ("I covered: ..."); ticking one records a self-mark with
+    :meth:`Progress.record_self_mark`, apart from the automatic score.
     """
 
     def __init__(self, item: Item, *, progress: Progress | None = None, mode: str = "practice"):
@@ -38,6 +43,8 @@ class ItemView:
         self.result: Feedback | None = None
         self.choices = self.response = None
         self.feedback, self.hint, self.solution = W.HTML(""), W.HTML(""), W.HTML("")
+        self.model_answer, self.marks = W.HTML(""), W.VBox([])
+        self.mark_boxes: list = []
         self.check_button = W.Button(description="Check", button_style="primary")
         self.hint_button = W.Button(description="Hint")
         self.solution_button = W.Button(description="Show solution")
@@ -72,7 +79,8 @@ class ItemView:
             buttons = [self.reveal_button, self.knew_button, self.again_button]
         if mode == "test":
             buttons = [self.check_button]  # no hints or solutions during a test
-        self.box = W.VBox(body + [W.HBox(buttons), self.feedback, self.hint, self.solution])
+        self.box = W.VBox(body + [W.HBox(buttons), self.feedback, self.model_answer, self.marks,
+                                  self.hint, self.solution])
         # stable CSS class names: the browser tests (tests/test_e2e_browser.py) find parts by them
         parts = dict(item=self.box, prompt=body[0], choices=self.choices, check=self.check_button)
         parts.update(feedback=self.feedback, hint=self.hint, solution=self.solution)
@@ -101,7 +109,27 @@ class ItemView:
             self.result = fb
             if self.progress is not None:
                 self.progress.record(self.item, fb, self.mode)
+            if fb.explain is not None and self.mode != "test":
+                self._offer_self_marks(fb.explain.missed)
         return fb
+
+    def _offer_self_marks(self, missed: list[str]) -> None:
+        """The model answer, and a checkbox per missed concept that records a self-mark."""
+        import ipywidgets as W
+
+        self.model_answer.value = f"<b>Model answer:</b> {html.escape(self.item.answer)}"
+        self.mark_boxes = []
+        for name in missed:
+            box = W.Checkbox(value=False, description=f"I covered: {name}", indent=False,
+                             layout=W.Layout(width="auto"))
+            box.observe(lambda change, name=name: self._self_mark(name, change), names="value")
+            self.mark_boxes.append(box)
+        note = "Missed a concept you believe you covered? Tick it (your score stays as it is)."
+        self.marks.children = ([W.HTML(f"<i>{note}</i>")] if missed else []) + self.mark_boxes
+
+    def _self_mark(self, concept: str, change) -> None:
+        if change["new"] and self.progress is not None:
+            self.progress.record_self_mark(self.item.id, concept)
 
     def show_hint(self) -> None:
         self.hint.value = f"<i>Hint: {html.escape(self.item.hint)}</i>"
