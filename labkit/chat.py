@@ -187,14 +187,29 @@ class ChatTask(Task):
         Give ``seed`` for a fixed batch or ``rng`` to draw the next batch of a stream, as in
         :meth:`labkit.data.Task.batch` (which gives the same examples, labels shifted).
         """
+        return encode_chat(self._draw(n, self._stream(n, seed, rng), split))
+
+    def conversations(self, n: int, seed: int | None = None, rng: random.Random | None = None,
+                      split: str = "train") -> list[list[dict[str, str]]]:
+        """The examples :meth:`chat_batch` would encode, as chat messages (user word, then
+        assistant answer) for a tokenizer's ``apply_chat_template``.
+
+        With the same ``seed`` or ``rng`` state the draws are the same as
+        :meth:`chat_batch`'s and :meth:`batch`'s, so a loop that renders them with a Hugging
+        Face tokenizer trains on the words a labkit loop trains on.
+        """
+        return [self.messages(p, a) for p, a in self._draw(n, self._stream(n, seed, rng), split)]
+
+    def _stream(self, n, seed: int | None, rng: random.Random | None) -> random.Random:
+        """``rng``, or the fixed stream of ``seed`` (the one :meth:`Task.batch` uses)."""
         if (seed is None) == (rng is None):
             raise ValueError("give exactly one of seed= (a fixed batch) or rng= (a stream)")
         if rng is None:
             _check_n_seed(n, seed)
-            rng = random.Random(f"{self.name}/batch/{seed}")
-        elif not isinstance(n, int) or n < 1:
+            return random.Random(f"{self.name}/batch/{seed}")
+        if not isinstance(n, int) or n < 1:
             raise ValueError(f"n must be a positive int, got {n!r}")
-        return encode_chat(self._draw(n, rng, split))
+        return rng
 
 
 def chat_task(base: str | Task = "reverse", eval_buckets: int = 5) -> ChatTask:

@@ -6,6 +6,8 @@ tests/test_hf_export.py, beside the tokenizer.)
 
 from __future__ import annotations
 
+import random
+
 import pytest
 import torch
 
@@ -85,3 +87,26 @@ def test_bad_arguments():
         chat.chat_task(eval_buckets=1)
     with pytest.raises(ValueError, match="unknown task 'sort'"):
         chat.chat_task("sort")
+
+
+def test_conversations_are_the_examples_chat_batch_encodes():
+    """A loop that renders ``conversations`` with a tokenizer's chat template (lesson 10)
+    trains on the words ``chat_batch`` / ``batch`` (what labkit.train draws) would give."""
+    task = chat.chat_task()
+    convs = task.conversations(16, seed=3)
+    assert convs[0][0]["role"] == "user" and convs[0][1]["role"] == "assistant"
+    pairs = [(task.prompt(u["content"]), a["content"]) for u, a in convs]
+    for ours, want in zip(chat.encode_chat(pairs), task.chat_batch(16, seed=3), strict=True):
+        assert torch.equal(ours, want)
+    s1, s2 = random.Random("x"), random.Random("x")
+    for _ in range(3):  # a stream stays in step with chat_batch's draws
+        pairs = [(task.prompt(u["content"]), a["content"])
+                 for u, a in task.conversations(8, rng=s1)]
+        assert torch.equal(chat.encode_chat(pairs).input_ids,
+                           task.chat_batch(8, rng=s2).input_ids)
+    held = task.conversations(20, seed=0, split="eval")
+    assert all(task.split_of(u["content"]) == "eval" for u, _ in held)
+    with pytest.raises(ValueError, match="exactly one of seed="):
+        task.conversations(3)
+    with pytest.raises(ValueError, match="n must be a positive int"):
+        task.conversations(0, rng=random.Random(0))
