@@ -446,9 +446,17 @@ def test_loading_adapter_that_does_not_fit(tmp_path):
     with pytest.raises(ValueError, match="disagree.*'lora_alpha': \\(16, 8\\)"):
         L.load_adapter(other, tmp_path / "a")
     cfg = json.loads((tmp_path / "a" / "adapter_config.json").read_text())
-    cfg["use_dora"] = True
+    cfg["use_dora"] = True  # DoRA is implemented now: a DoRA config without magnitudes
     (tmp_path / "a" / "adapter_config.json").write_text(json.dumps(cfg))
-    with pytest.raises(ValueError, match="options labkit does not implement: {'use_dora': True}"):
+    with pytest.raises(ValueError, match="no tensors for .*lora_magnitude_vector"):
+        L.load_adapter(tiny_llama(), tmp_path / "a")
+    cfg["use_dora"], cfg["lora_bias"] = False, True
+    (tmp_path / "a" / "adapter_config.json").write_text(json.dumps(cfg))
+    with pytest.raises(ValueError, match="options labkit does not implement: {'lora_bias': True}"):
+        L.load_adapter(tiny_llama(), tmp_path / "a")
+    cfg["lora_bias"], cfg["init_lora_weights"] = False, "olora"
+    (tmp_path / "a" / "adapter_config.json").write_text(json.dumps(cfg))
+    with pytest.raises(ValueError, match="init_lora_weights='olora' is a PEFT initialisation"):
         L.load_adapter(tiny_llama(), tmp_path / "a")
     with pytest.raises(FileNotFoundError, match="no adapter_config.json"):
         L.load_adapter(tiny_llama(), tmp_path / "missing")

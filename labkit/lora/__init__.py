@@ -9,10 +9,13 @@ Only ``A`` and ``B`` train: ``r * (d + k)`` numbers instead of ``d * k``. For a
 4096 x 4096 projection and ``r = 8`` that is 65,536 instead of 16,777,216 (0.4 %).
 ``B`` starts at zero, so before training the adapted model is exactly the base model.
 
-Modules: ``layers`` (:class:`LoRALinear`, :class:`LoRAEmbedding`), ``inject`` (targets,
-:func:`add_lora`, named adapters, merging), ``counts`` (every parameter count),
-``files`` (saving and loading adapters in PEFT's file format), ``guard`` (the checks, and
-the rollback that leaves a model as it was after an error).
+Modules: ``base`` (:class:`LoRALayer`, what every LoRA layer shares), ``layers``
+(:class:`LoRALinear`, :class:`LoRAEmbedding`), ``dora`` (DoRA, ``use_dora=True``),
+``init`` (the initialisations: default, gaussian, PiSSA), ``inject`` (targets,
+:func:`add_lora`, named adapters), ``merging`` (merge / unmerge / unload), ``counts``
+(every parameter count), ``files`` (saving and loading adapters in PEFT's file format),
+``guard`` (the checks, and the rollback that leaves a model as it was after an error).
+LoftQ quantizes the base, so it is QLoRA's: :mod:`labkit.qlora.loftq`.
 
 Names follow PEFT on purpose (``base_layer``, ``lora_A``, ``lora_B``,
 ``lora_embedding_A``, ``lora_embedding_B``): a state-dict key here is a key there, so
@@ -25,15 +28,18 @@ imports none of them (names load on first use, see :mod:`labkit._api`).
 from labkit._api import lazy_exports
 
 _EXPORTS = {
-    ".layers": ["LoRALayer", "LoRALinear", "LoRAEmbedding", "_is_conv1d"],
+    ".base": ["LoRALayer"],
+    ".layers": ["LoRALinear", "LoRAEmbedding", "_is_conv1d"],
+    ".dora": ["MAGNITUDE", "weight_norm", "init_magnitude", "dora_forward"],
+    ".init": ["INITS", "pissa_factors", "pissa_to_lora", "converted_alpha"],
     ".guard": ["_check_hparams", "_check_adapter_name", "_check_finite", "_check_mergeable",
                "unchanged_on_error"],
     ".inject": [
         "BIAS_MODES", "LoRAConfig", "LoRAReport", "find_targets", "add_lora", "lora_layers",
         "get_adapter_params", "set_trainable_params", "set_adapter", "enable_adapters",
-        "disable_adapters", "adapters_disabled", "delete_adapter", "merge_lora",
-        "unmerge_lora", "merged_state_dict", "unload_lora", "_configs",
+        "disable_adapters", "adapters_disabled", "delete_adapter", "_configs",
     ],
+    ".merging": ["merge_lora", "unmerge_lora", "merged_state_dict", "unload_lora"],
     ".counts": [
         "ParamCount", "ParamRow", "LoRAEstimate", "adapter_params", "model_params",
         "planned_adapter_params", "config_params", "param_summary", "param_rows",

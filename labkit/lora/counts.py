@@ -158,12 +158,19 @@ class LoRAEstimate:
         return 100.0 * self.trainable / self.total
 
 
-def planned_adapter_params(model: nn.Module, targets, r: int) -> LoRAEstimate:
+def planned_adapter_params(model: nn.Module, targets, r: int,
+                           use_dora: bool = False) -> LoRAEstimate:
     """Count the adapter parameters for ``targets`` at rank ``r`` from layer shapes alone.
 
     Nothing is allocated, so a 70B model built on the meta device
     (``with torch.device("meta"): model = Model(config)``) is counted in milliseconds.
     Each linear ``d x k`` adds ``r * (d + k)``; each embedding ``V x D`` adds ``r * (V + D)``.
+    With ``use_dora`` each linear adds its magnitude vector too, ``d`` more (DoRA,
+    :mod:`labkit.lora.dora`): ``r * (d + k) + d``.
+
+    Raises:
+        ValueError: as :func:`find_targets`; ``use_dora`` with an embedding among the
+            targets (labkit's DoRA is for linear layers).
     """
     # deferred: torch and the layers stay out of a plain ``import labkit.lora.counts``,
     # and inject imports this module
@@ -178,9 +185,13 @@ def planned_adapter_params(model: nn.Module, targets, r: int) -> LoRAEstimate:
     hits = find_targets(model, targets)
     for name, mod in hits:
         if isinstance(mod, (nn.Embedding, LoRAEmbedding)):
+            if use_dora:
+                raise ValueError(f"use_dora=True: {name!r} is an embedding, and labkit's DoRA "
+                                 "is for linear layers; leave it out of the targets")
             n = adapter_params(mod.num_embeddings, mod.embedding_dim, r)
         else:
             n = adapter_params(mod.out_features, mod.in_features, r)
+            n += mod.out_features if use_dora else 0  # DoRA's magnitude m, (d,)
         key = name.rsplit(".", 1)[-1]
         by_target[key] = by_target.get(key, 0) + n
     return LoRAEstimate(sum(by_target.values()), model_params(model).total, len(hits), by_target)

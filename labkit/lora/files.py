@@ -6,6 +6,7 @@ An adapter directory holds two files::
                                  "target_modules": ["q_proj", "v_proj"], ...}
     adapter_model.safetensors   base_model.model.<module path>.lora_A.weight  (r, k)
                                 base_model.model.<module path>.lora_B.weight  (d, r)
+                                base_model.model.<path>.lora_magnitude_vector (d,) DoRA
                                 base_model.model.<path>.lora_embedding_A      (r, V)
                                 base_model.model.<path>.lora_embedding_B      (D, r)
 
@@ -18,8 +19,16 @@ of a file saved here records the sha256 of its tensors, which :func:`load_adapte
 so a damaged or changed file is refused instead of loaded (PEFT's files, without the
 record, load as they are).
 
+Variants: ``use_dora`` and ``init_lora_weights`` are recorded as PEFT records them. A PiSSA
+adapter belongs to the residual base; both libraries load it onto the *original* base by
+redoing the SVD (``W - s B_0 A_0`` does not depend on the singular vectors' signs), then the
+tensors. ``save_adapter(..., initial_adapter=dir)`` writes instead the rank-``2r`` adapter
+for the original base (PEFT's ``path_initial_model_for_weight_conversion``). A LoftQ adapter
+is saved as PEFT's LoftQ example saves it (``init_lora_weights: true``), an adapter on the
+LoftQ base ``Q``, which travels apart (``prepare_qlora(..., init="loftq")`` rebuilds it).
+
 Imports: torch, safetensors (when saving or loading), ``labkit.lora.inject``,
-``labkit.lora.guard`` and ``labkit.lora.counts``.
+``labkit.lora.init``, ``labkit.lora.guard`` and ``labkit.lora.counts``.
 """
 
 from __future__ import annotations
@@ -37,6 +46,7 @@ from torch import nn
 
 from labkit.lora.counts import model_params
 from labkit.lora.guard import _check_finite, _check_hparams, unchanged_on_error
+from labkit.lora.init import PEFT_INIT, converted_alpha, pissa_to_lora
 from labkit.lora.inject import (
     BIAS_MODES,
     LoRAConfig,
@@ -59,7 +69,7 @@ DIGEST_KEY = "labkit_sha256"
 
 # PEFT options that change what an adapter computes; labkit implements none of them, so a
 # file that uses one is refused rather than loaded wrongly.
-_UNSUPPORTED = ("use_dora", "lora_bias", "rank_pattern", "alpha_pattern", "layers_to_transform",
+_UNSUPPORTED = ("lora_bias", "rank_pattern", "alpha_pattern", "layers_to_transform",
                 "modules_to_save", "exclude_modules", "target_parameters",
                 "trainable_token_indices", "layer_replication", "use_qalora",
                 "alora_invocation_tokens", "use_bdlora", "megatron_config")
@@ -116,7 +126,7 @@ def _resolve_name(model: nn.Module, adapter_name: str | None) -> str:
 
 def save_adapter(model: nn.Module, directory, adapter_name: str | None = None, *,
                  base_model_name_or_path: str | None = None,
-                 task_type: str | None = None) -> Path:
+                 task_type: str | None = None, initial_adapter=None) -> Path:
     """Write one adapter as ``adapter_model.safetensors`` + ``adapter_config.json``.
 
     Args:
@@ -126,6 +136,10 @@ def save_adapter(model: nn.Module, directory, adapter_name: str | None = None, *
         base_model_name_or_path: recorded in the config, as PEFT does (e.g. a hub id).
         task_type: PEFT's task type, e.g. ``"CAUSAL_LM"``; ``None`` loads as a plain
             ``PeftModel``.
+        initial_adapter: for a PiSSA adapter, the directory it was saved to right after
+            ``add_lora(..., init="pissa")``: then the file written is the rank-``2r`` LoRA
+            adapter for the *original* base (module docstring), as PEFT writes it with
+            ``path_initial_model_for_weight_conversion``.
 
     Under torchrun a ``DistributedDataParallel`` or FSDP2 model may be passed as it is, and
     every rank must call this: the replica inside is saved (same keys as one process would
@@ -148,11 +162,15 @@ def save_adapter(model: nn.Module, directory, adapter_name: str | None = None, *
     dist = torch.distributed
     distributed = dist.is_available() and dist.is_initialized()
     tensors = adapter_state_dict(model, name)  # on every rank: FSDP2 gathers collectively
+    meta = asdict(cfg)
+    if cfg.init_lora_weights == "loftq":  # as PEFT's LoftQ example saves it (docstring)
+        meta.update(init_lora_weights=True, loftq_config={})
+    if initial_adapter is not None:
+        tensors, meta = _converted(tensors, meta, initial_adapter)
     if not distributed or dist.get_rank() == 0:
         out.mkdir(parents=True, exist_ok=True)
         save_file(tensors, str(out / WEIGHTS_NAME),
                   metadata={"format": "pt", DIGEST_KEY: _tensors_sha256(tensors)})
-        meta = asdict(cfg)
         meta.update(base_model_name_or_path=base_model_name_or_path
                     or cfg.base_model_name_or_path,
                     task_type=task_type or cfg.task_type, inference_mode=True)
@@ -160,6 +178,23 @@ def save_adapter(model: nn.Module, directory, adapter_name: str | None = None, *
     if distributed:
         dist.barrier()
     return out
+
+
+def _converted(tensors: dict, meta: dict, initial_adapter) -> tuple[dict, dict]:
+    """A PiSSA adapter and its config as the rank-2r LoRA adapter of the original base."""
+    if meta["init_lora_weights"] != "pissa":
+        raise ValueError(f"initial_adapter= converts a PiSSA adapter for the original base; this "
+                         f"adapter's init is {meta['init_lora_weights']!r}, so it already is one")
+    first = read_adapter_config(initial_adapter)
+    if (first.r, first.lora_alpha, first.use_rslora) != (meta["r"], meta["lora_alpha"],
+                                                         meta["use_rslora"]):
+        raise ValueError(f"{initial_adapter} holds an adapter with r={first.r}, alpha="
+                         f"{first.lora_alpha}, not this one's initial state; pass the directory "
+                         "saved right after add_lora(..., init='pissa')")
+    tensors = pissa_to_lora(tensors, _read_tensors(Path(initial_adapter) / WEIGHTS_NAME))
+    meta = dict(meta, r=2 * meta["r"], init_lora_weights=True,
+                lora_alpha=converted_alpha(meta["lora_alpha"], meta["use_rslora"]))
+    return tensors, meta
 
 
 def _tensors_sha256(tensors: dict[str, torch.Tensor]) -> str:
@@ -201,9 +236,16 @@ def read_adapter_config(directory) -> LoRAConfig:
     missing = [k for k in ("r", "lora_alpha", "target_modules") if d.get(k) in (None, [], "")]
     if missing:
         raise ValueError(f"{path} lacks {missing}")
+    init = d.get("init_lora_weights", True)
+    if init not in (True, False) and init not in PEFT_INIT.values():
+        raise ValueError(f"{path}: init_lora_weights={init!r} is a PEFT initialisation labkit "
+                         f"does not implement (labkit: {sorted(map(str, PEFT_INIT.values()))}); "
+                         "load this adapter with PEFT instead")
     cfg = LoRAConfig(
         r=d["r"], lora_alpha=d["lora_alpha"], target_modules=d["target_modules"],
         lora_dropout=d.get("lora_dropout", 0.0), use_rslora=d.get("use_rslora", False),
+        use_dora=bool(d.get("use_dora", False)), init_lora_weights=init,
+        loftq_config=d.get("loftq_config") or {},
         fan_in_fan_out=d.get("fan_in_fan_out", False),
         bias=d.get("bias", "none"), base_model_name_or_path=d.get("base_model_name_or_path"),
         task_type=d.get("task_type"))
@@ -298,12 +340,19 @@ def _load_into(model: nn.Module, directory, cfg: LoRAConfig, tensors: dict,
         targets = cfg.target_modules
         if isinstance(targets, str):  # PEFT's regex form: must match the full module name
             targets = re.compile(targets)
+        if cfg.init_lora_weights == "loftq":
+            raise ValueError(f"{directory} holds a LoftQ adapter: it needs the LoftQ base. Build "
+                             "it first with labkit.qlora.prepare_qlora(model, targets, "
+                             "init='loftq', ...) (same r, alpha), then load_adapter")
+        # PiSSA: the SVD is redone on the original base (its residual), then the tensors load
+        init = "pissa" if cfg.init_lora_weights == "pissa" else "default"
         report = add_lora(model, targets, r=cfg.r, alpha=cfg.lora_alpha,
-                          dropout=cfg.lora_dropout, use_rslora=cfg.use_rslora, bias=cfg.bias,
+                          dropout=cfg.lora_dropout, use_rslora=cfg.use_rslora,
+                          use_dora=cfg.use_dora, init=init, bias=cfg.bias,
                           adapter_name=adapter_name)
     else:
         differ = {k: (getattr(existing, k), getattr(cfg, k))
-                  for k in ("r", "lora_alpha", "use_rslora")
+                  for k in ("r", "lora_alpha", "use_rslora", "use_dora")
                   if getattr(existing, k) != getattr(cfg, k)}
         if differ:
             raise ValueError(f"adapter {adapter_name!r} in the model and the file in {directory} "

@@ -4,13 +4,15 @@
 PEFT) in the layers of :mod:`labkit.lora.layers`, records each adapter's
 :class:`LoRAConfig` on the model, and returns a :class:`LoRAReport`. Named adapters can
 then be switched (:func:`set_adapter`), switched off (:func:`disable_adapters`,
-:func:`adapters_disabled`), deleted, merged into the base weights (:func:`merge_lora`,
-:func:`unmerge_lora`, :func:`merged_state_dict`) or removed (:func:`unload_lora`).
+:func:`adapters_disabled`) or deleted; merging them into the base weights is
+:mod:`labkit.lora.merging`'s. The variants are switches of :func:`add_lora`: ``use_rslora``,
+``use_dora`` (:mod:`labkit.lora.dora`) and ``init`` (:mod:`labkit.lora.init`).
 
 A call that fails leaves the model as it was: inputs are checked before the first change,
 and :func:`add_lora` also runs under :func:`labkit.lora.guard.unchanged_on_error`.
 
-Imports: torch, ``labkit.lora.layers``, ``labkit.lora.guard`` and ``labkit.lora.counts``.
+Imports: torch, ``labkit.lora.layers``, ``labkit.lora.init``, ``labkit.lora.guard`` and
+``labkit.lora.counts``.
 """
 
 from __future__ import annotations
@@ -21,17 +23,13 @@ import re
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 
-from labkit._deps import torch  # one clear line when torch is missing
+from labkit._deps import torch  # noqa: F401  (one clear line when torch is missing)
 
 from torch import nn
 
 from labkit.lora.counts import ParamCount, model_params
-from labkit.lora.guard import (
-    _check_adapter_name,
-    _check_hparams,
-    _check_mergeable,
-    unchanged_on_error,
-)
+from labkit.lora.guard import _check_adapter_name, _check_hparams, unchanged_on_error
+from labkit.lora.init import PEFT_INIT, check_init
 from labkit.lora.layers import LoRAEmbedding, LoRALayer, LoRALinear, _is_conv1d
 
 BIAS_MODES = ("none", "all", "lora_only")
@@ -42,7 +40,9 @@ class LoRAConfig:
     """One adapter's settings; field names are PEFT's ``LoraConfig`` names.
 
     ``target_modules`` is what ``add_lora`` matched with: module-name suffixes, or (for a
-    regex injection) the full names of the layers it wrapped.
+    regex injection) the full names of the layers it wrapped. ``init_lora_weights`` is
+    PEFT's record of ``init`` (``True`` for the default, ``"gaussian"``, ``"pissa"``,
+    ``"loftq"``), ``loftq_config`` PEFT's ``{"loftq_bits": 4, "loftq_iter": n}``.
     """
 
     r: int
@@ -50,6 +50,9 @@ class LoRAConfig:
     target_modules: list[str]
     lora_dropout: float = 0.0
     use_rslora: bool = False
+    use_dora: bool = False
+    init_lora_weights: bool | str = True
+    loftq_config: dict = field(default_factory=dict)
     bias: str = "none"
     fan_in_fan_out: bool = False
     base_model_name_or_path: str | None = None
@@ -138,16 +141,18 @@ class LoRAReport:
             kinds[n.rsplit(".", 1)[-1]] = kinds.get(n.rsplit(".", 1)[-1], 0) + 1
         c = self.config
         scale = c.lora_alpha / (math.sqrt(c.r) if c.use_rslora else c.r)
+        extra = "".join([", DoRA" if c.use_dora else "", ", rsLoRA" if c.use_rslora else "",
+                         "" if c.init_lora_weights is True else f", init {c.init_lora_weights}"])
         lines = [f"LoRA adapter {self.adapter_name!r}: r={c.r}, alpha={c.lora_alpha} "
-                 f"(scaling {scale:.4g}) on {len(self.layers)} layers "
+                 f"(scaling {scale:.4g}{extra}) on {len(self.layers)} layers "
                  f"({', '.join(f'{k} x{v}' for k, v in kinds.items())})",
                  self.params.summary()]
         return "\n".join(lines + [f"note: {n}" for n in self.notes])
 
 
 def add_lora(model: nn.Module, targets, *, r: int, alpha: float, dropout: float = 0.0,
-             use_rslora: bool = False, bias: str = "none",
-             adapter_name: str = "default") -> LoRAReport:
+             use_rslora: bool = False, use_dora: bool = False, init: str = "default",
+             bias: str = "none", adapter_name: str = "default") -> LoRAReport:
     """Wrap the target layers of ``model`` in LoRA layers, in place, and freeze the rest.
 
     Each matched ``nn.Linear`` (or linear-like layer) becomes a :class:`LoRALinear`, each
@@ -160,6 +165,11 @@ def add_lora(model: nn.Module, targets, *, r: int, alpha: float, dropout: float 
         targets: suffixes such as ``["q_proj", "v_proj"]``, or ``re.compile(...)``
             matched against full module names (see :func:`find_targets`).
         r, alpha, dropout, use_rslora: the adapter's hyper-parameters.
+        use_dora: DoRA (:mod:`labkit.lora.dora`): each wrapped linear also trains a
+            magnitude vector (``out_features`` numbers). Not for embeddings.
+        init: ``"default"`` (Kaiming ``A``, zero ``B``), ``"gaussian"`` or ``"pissa"``
+            (:mod:`labkit.lora.init`; PiSSA rewrites the base weights to the residual).
+            ``"loftq"`` quantizes the base: use :func:`labkit.qlora.prepare_qlora`.
         bias: ``"none"`` (biases frozen), ``"all"`` (every bias trains) or ``"lora_only"``
             (biases of the wrapped layers train), as in PEFT.
         adapter_name: name of this adapter; several may share one model.
@@ -168,16 +178,20 @@ def add_lora(model: nn.Module, targets, *, r: int, alpha: float, dropout: float 
         A :class:`LoRAReport`; ``print`` it for the PEFT-style summary line.
 
     Raises (after an error the model is as it was):
-        ValueError: bad hyper-parameters (NaN / inf too), a target that matches nothing, or
-            an adapter of this name already on the model / on one of the layers.
+        ValueError: bad hyper-parameters (NaN / inf too), a target that matches nothing,
+            an adapter of this name already on the model / on one of the layers, an unknown
+            ``init``, or DoRA / PiSSA on an embedding.
+        TypeError: ``init="pissa"`` on a layer without a float weight (4-bit).
         RuntimeError: an adapter is merged into the model (unmerge first).
     """
     _check_hparams(r, alpha, dropout)
     if bias not in BIAS_MODES:
         raise ValueError(f"bias must be one of {BIAS_MODES}, got {bias!r}")
+    check_init(init)  # the layers check PiSSA / DoRA before they change (and say why)
     _check_new_adapter(model, adapter_name)
     with unchanged_on_error(model):  # checks first; the guard covers what they miss
-        return _add_lora(model, targets, r, alpha, dropout, use_rslora, bias, adapter_name)
+        return _add_lora(model, targets, r, alpha, dropout, use_rslora, bias, adapter_name,
+                         bool(use_dora), init)
 
 
 def _check_new_adapter(model: nn.Module, adapter_name: str) -> None:
@@ -194,7 +208,8 @@ def _check_new_adapter(model: nn.Module, adapter_name: str) -> None:
                            "unmerge_lora(model) before adding another adapter")
 
 
-def _add_lora(model, targets, r, alpha, dropout, use_rslora, bias, adapter_name) -> LoRAReport:
+def _add_lora(model, targets, r, alpha, dropout, use_rslora, bias, adapter_name, use_dora,
+              init) -> LoRAReport:
     hits = find_targets(model, targets)
     conv = {_is_conv1d(getattr(m, "base_layer", m)) for _, m in hits}
     if len(conv) > 1:  # the file format has one fan_in_fan_out flag per adapter
@@ -205,17 +220,20 @@ def _add_lora(model, targets, r, alpha, dropout, use_rslora, bias, adapter_name)
         raise ValueError(
             f"layers {twice[:5]} already have a LoRA adapter named {adapter_name!r}; "
             "pass another adapter_name to add a second adapter")
+    if init == "pissa":  # PiSSA rewrites base weights in place: check them all first
+        for _, mod in hits:
+            check_init(init, mod)
     notes = []
     for name, mod in hits:
         emb = isinstance(mod, (nn.Embedding, LoRAEmbedding))
         p = 0.0 if emb else dropout  # token ids take no dropout
         if isinstance(mod, LoRALayer):
-            mod.add_adapter(adapter_name, r, alpha, p, use_rslora)
+            mod.add_adapter(adapter_name, r, alpha, p, use_rslora, use_dora, init)
             continue
         cls = LoRAEmbedding if emb else LoRALinear
         parent_name, _, child = name.rpartition(".")
         parent = model.get_submodule(parent_name) if parent_name else model
-        setattr(parent, child, cls(mod, r, alpha, p, use_rslora, adapter_name))
+        setattr(parent, child, cls(mod, r, alpha, p, use_rslora, adapter_name, use_dora, init))
     if dropout > 0 and any(isinstance(m, (nn.Embedding, LoRAEmbedding)) for _, m in hits):
         notes.append("dropout is not applied to embedding layers (their input is token ids)")
     if isinstance(targets, re.Pattern):  # save the exact layers: PEFT matches full names too
@@ -224,7 +242,8 @@ def _add_lora(model, targets, r, alpha, dropout, use_rslora, bias, adapter_name)
         saved = sorted({targets} if isinstance(targets, str) else set(targets))
     _configs(model)[adapter_name] = cfg = LoRAConfig(
         r=r, lora_alpha=alpha, target_modules=saved, lora_dropout=dropout,
-        use_rslora=use_rslora, bias=bias, fan_in_fan_out=conv == {True})
+        use_rslora=use_rslora, use_dora=use_dora, init_lora_weights=PEFT_INIT[init], bias=bias,
+        fan_in_fan_out=conv == {True})
     set_adapter(model, adapter_name)
     return LoRAReport(adapter_name, cfg, [n for n, _ in hits], model_params(model), notes)
 
@@ -324,76 +343,3 @@ def delete_adapter(model: nn.Module, adapter_name: str) -> None:
         if adapter_name in lay.r:
             lay.delete_adapter(adapter_name)
     _configs(model).pop(adapter_name, None)
-
-
-def merge_lora(model: nn.Module) -> None:
-    """Merge the active adapter into the base weights of every LoRA layer (see ``merge``).
-
-    Raises (all checked on every layer before any weight changes):
-        RuntimeError: some layer is merged already, or adapters are disabled.
-        ValueError / TypeError: an update holds NaN or inf, or a base layer has no dense
-            float weight to merge into (the message names the layer).
-    """
-    layers = _layers_or_raise(model)
-    if merged := [lay.merged_adapter for _, lay in layers if lay.merged]:
-        raise RuntimeError(f"adapter {merged[0]!r} is already merged into the model; "
-                           "unmerge_lora(model) before merging again")
-    if not all(lay.adapters_enabled for _, lay in layers):
-        raise RuntimeError("adapters are disabled; enable_adapters(model) before merging")
-    active = [(path, lay) for path, lay in layers if lay.active_adapter is not None]
-    _check_mergeable(active)
-    for _, lay in active:
-        lay.merge()
-
-
-def unmerge_lora(model: nn.Module) -> None:
-    """Undo :func:`merge_lora`."""
-    layers = [lay for _, lay in _layers_or_raise(model) if lay.merged]
-    if not layers:
-        raise RuntimeError("nothing to unmerge: no adapter is merged in this model")
-    for lay in layers:
-        lay.unmerge()
-
-
-def merged_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
-    """The state dict of the *base* architecture with the active adapters folded in.
-
-    Keys are those of the model before ``add_lora`` (no ``base_layer``, no ``lora_*``),
-    so the result loads into a plain copy of the base model with ``load_state_dict``.
-    The model itself is not changed.
-    """
-    layers = dict(_layers_or_raise(model))
-    out = {}
-    for key, t in model.state_dict().items():
-        parts = key.split(".")
-        owner = next((".".join(parts[:i]) for i in range(len(parts) - 1, 0, -1)
-                      if ".".join(parts[:i]) in layers), None)
-        if owner is not None:
-            lay, rest = layers[owner], key[len(owner) + 1:]
-            if rest.split(".")[0] in lay.adapter_kinds:
-                continue
-            rest = rest.removeprefix("base_layer.")
-            key = f"{owner}.{rest}"
-            if rest == "weight" and lay._use_adapter():
-                _, w, delta = lay._mergeable(where=f"layer {owner!r}")
-                t = w + delta.to(w.dtype)
-                t = t.T if lay.fan_in_fan_out else t
-        out[key] = t.detach().clone()
-    return out
-
-
-def unload_lora(model: nn.Module, merge: bool = True) -> nn.Module:
-    """Replace every LoRA layer by its base layer (merging the active adapter first when
-    ``merge``). Parameters stay frozen; ``model.requires_grad_(True)`` to train them all.
-    """
-    layers = _layers_or_raise(model)
-    if merge:
-        _check_mergeable([(n, lay) for n, lay in layers if lay._use_adapter()])
-    for name, lay in layers:
-        if merge and lay._use_adapter():
-            lay.merge()
-        parent_name, _, child = name.rpartition(".")
-        parent = model.get_submodule(parent_name) if parent_name else model
-        setattr(parent, child, lay.base_layer)
-    _configs(model).clear()
-    return model

@@ -36,12 +36,14 @@ class _Setup:
     s_adapter: int           # bytes per element of the adapters
     cast: bool               # adapter dtype != compute dtype: each adapter casts its input
     autocast: bool = False   # the step runs under torch.autocast (see activation_terms)
+    dora: bool = False       # the adapters are DoRA's (see activation_terms)
 
 
 def activation_terms(config, batch: int, seq_len: int, *, method: str = "full",
                      compute_dtype="fp32", adapter_dtype="fp32", r: int = 8,
                      targets=BLOCK_LINEARS, gradient_checkpointing: bool = False,
-                     autocast: bool = False) -> tuple[dict[str, int], int]:
+                     autocast: bool = False, use_dora: bool = False
+                     ) -> tuple[dict[str, int], int]:
     """Named activation terms (bytes saved for backward) and the ``recompute`` term.
 
     Derived from :mod:`labkit.models`' code, op by op, with N = batch * seq_len tokens,
@@ -57,6 +59,9 @@ def activation_terms(config, batch: int, seq_len: int, *, method: str = "full",
     linear, trainable W     its input (shared by q/k/v, and by gate/up: one storage)
     LoRA linear             the input (a cast copy N k s_a per layer when the adapter dtype
                             differs, without autocast) and A's output, N r s_a
+    DoRA linear (d outputs) also W x and s B A x (the two products with the scale g,
+                            2 N d s_a), the detached norm and g (2 d s_a), and g - 1
+                            (d s_a) when the layer's input requires grad
     q @ k^T                 k expanded to H heads (N d s) if q requires grad; q (N d s) if
                             k does
     causal mask             T * T bool, a fresh one per layer
@@ -80,7 +85,7 @@ def activation_terms(config, batch: int, seq_len: int, *, method: str = "full",
     N k s per adapter; on CUDA those copies also outlived the layer, 438.5 MiB of a 283M
     model's peak; see benchmarks/README.md.) On CUDA, autocast also runs softmax in float32,
     which keeps probs in float32 beside a compute-dtype copy; that is not modelled (it adds
-    at most B H T^2 * 4 bytes per block).
+    at most B H T^2 * 4 bytes per block). DoRA (``use_dora``) is modelled without autocast.
     """
     cfg = _get_config(config)
     B, T = _positive_int("batch", batch), _positive_int("seq_len", seq_len)
@@ -93,8 +98,11 @@ def activation_terms(config, batch: int, seq_len: int, *, method: str = "full",
     if autocast and full:
         raise ValueError("autocast is modelled for LoRA and QLoRA adapters only; full "
                          "fine-tuning runs in the weights' dtype here")
+    if use_dora and (full or autocast):
+        raise ValueError("use_dora is modelled for LoRA / QLoRA adapters without autocast; "
+                         "pass autocast=False (or use_dora=False)")
     st = _Setup(full, () if full else _targets(targets), _positive_int("r", r), s,
-                _nbytes(ad), ad != cd, bool(autocast))
+                _nbytes(ad), ad != cd, bool(autocast), bool(use_dora))
     N, d, V = B * T, cfg.hidden_size, cfg.vocab_size
     terms: dict[str, int] = {}
 
@@ -169,6 +177,9 @@ def _block_terms(cfg, B: int, T: int, st: _Setup, rg: bool) -> tuple[dict[str, i
                 if st.cast:
                     add("adapter input casts", N * k * st.s_adapter)
                 add("adapter A outputs", N * st.r * st.s_adapter)
+            if lora and st.dora:  # labkit.lora.dora.dora_forward: (g-1) W x + g s B A x
+                add("dora W x and s B A x", 2 * N * width_out[n] * st.s_adapter)
+                add("dora norms and scales", (3 if in_rg else 2) * width_out[n] * st.s_adapter)
             out[n] = in_rg or st.full or lora
         if saved_input:
             add(what, N * k * s)

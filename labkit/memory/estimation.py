@@ -25,6 +25,10 @@ capacities, as in :func:`labkit.memory.fits`, are GiB):
   tensors under 4,096 elements keep fp32 moments (bitsandbytes' ``min_8bit_size``).
   ``master_weights=True`` adds an fp32 copy of every trainable parameter (mixed-precision
   training with 16-bit weights).
+- DoRA (``use_dora=True``): each targeted linear also trains its magnitude vector, ``d_out``
+  numbers in the adapter dtype, counted in weights, gradients and optimizer state like ``A``
+  and ``B`` (one more tensor per layer: one more AdamW step counter), and its forward saves
+  more (see :func:`activation_terms`).
 - activations: see :func:`activation_terms` for every tensor, op by op. LoRA adapters are
   assumed without dropout; the step runs in the model's dtype, or, with ``autocast=True``
   (LoRA and QLoRA), under ``torch.autocast`` with adapters in their own dtype.
@@ -81,7 +85,7 @@ def estimate(config, method: str = "full", batch: int = 1, seq_len: int = 512, *
              optimizer: str = "adamw", state_dtype=None, master_weights: bool = False,
              r: int = 8, targets=BLOCK_LINEARS, gradient_checkpointing: bool = False,
              blocksize: int = 64, double_quant: bool = True,
-             autocast: bool = False) -> MemoryBreakdown:
+             autocast: bool = False, use_dora: bool = False) -> MemoryBreakdown:
     """The memory of one training step of ``config``, computed without allocating.
 
     Args:
@@ -106,6 +110,8 @@ def estimate(config, method: str = "full", batch: int = 1, seq_len: int = 512, *
         autocast: LoRA / QLoRA only: the step runs under ``torch.autocast`` in the compute
             dtype with adapters in ``adapter_dtype``, as on labkit's GPU path
             (see :func:`activation_terms`).
+        use_dora: LoRA / QLoRA with DoRA: ``d_out`` more trainable numbers per targeted
+            linear (the magnitude) and DoRA's saved tensors; not with ``autocast``.
 
     Returns:
         A :class:`MemoryBreakdown` whose ``terms`` name every term (``"weights/4bit
@@ -147,6 +153,8 @@ def estimate(config, method: str = "full", batch: int = 1, seq_len: int = 512, *
     sd = None if state_dtype is None else _dtype(state_dtype, "state dtype", FLOAT_DTYPES)
     tg = () if method == "full" else _targets(targets)
     _positive_int("r", r)
+    if use_dora and method == "full":
+        raise ValueError("use_dora=True needs method='lora' or 'qlora' (DoRA is an adapter)")
 
     shapes, n_buffers = _shapes(cfg)
     out = MemoryBreakdown(label=f"estimate: {cfg.name}, {method}")
@@ -174,8 +182,10 @@ def estimate(config, method: str = "full", batch: int = 1, seq_len: int = 512, *
         if method != "full" and leaf in tg and pname == "weight":
             d_out, k_in = shape
             trainable += [(r * k_in, ad), (d_out * r, ad)]  # A (r x k_in), B (d_out x r)
+            trainable += [(d_out, ad)] if use_dora else []  # DoRA's magnitude m (d_out,)
             key = str(ad).removeprefix("torch.")
-            sw[key] = sw.get(key, 0) + adapter_params(d_out, k_in, r) * _nbytes(ad)
+            n_lora = adapter_params(d_out, k_in, r) + (d_out if use_dora else 0)
+            sw[key] = sw.get(key, 0) + n_lora * _nbytes(ad)
     sw["buffers"] = n_buffers * w
     out.weights_by_dtype = sw
     out.weights = sum(sw.values())
@@ -215,7 +225,7 @@ def estimate(config, method: str = "full", batch: int = 1, seq_len: int = 512, *
     act, out.recompute = activation_terms(
         cfg, batch, seq_len, method=method, compute_dtype=cd, adapter_dtype=ad, r=r,
         targets=tg or BLOCK_LINEARS, gradient_checkpointing=gradient_checkpointing,
-        autocast=autocast)
+        autocast=autocast, use_dora=use_dora)
     for k, v in act.items():
         add(f"activations/{k}", v)
     add("recompute/one block", out.recompute)

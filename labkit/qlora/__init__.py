@@ -21,6 +21,8 @@ Modules:
   counts of 4-bit layers, gradient checkpointing.
 * ``merge``: merging adapters into the 4-bit base (and measuring the rounding), unmerging,
   exporting a merged 16-bit model.
+* ``loftq``: LoftQ (quantization and a low-rank correction chosen together) and QPiSSA's
+  order (PiSSA in float, then the residual quantized): ``prepare_qlora(..., init=...)``.
 
 The package may import :mod:`labkit.quant` and :mod:`labkit.lora` (and torch, bitsandbytes,
 safetensors in its modules); this ``__init__`` imports none of them: the names below load
@@ -48,6 +50,8 @@ _EXPORTS = {
         "quantize_model", "prepare_qlora", "KeptLayer", "QuantReport", "QLoRAReport",
         "layer_bytes", "base_weight_bytes",
     ],
+    ".loftq": ["loftq_factors", "nf4_roundtrip", "layer_roundtrip", "float_inits",
+               "init_error"],
     ".merge": [
         "QLoRALinear", "merge_qlora", "unmerge_qlora", "MergeRow", "MergeReport",
         "merged_16bit_state_dict", "save_merged_16bit",

@@ -15,6 +15,7 @@ Imports from labkit: :mod:`labkit.qlora.linear4bit` (the 4-bit layers),
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 
 from labkit import _deps  # noqa: F401  (one clear line when torch is missing)
@@ -29,9 +30,12 @@ from labkit.lora import (
     LoRAReport,
     _check_hparams,
     add_lora,
+    dora,
     find_targets,
+    model_params,
 )
-from labkit.lora.inject import _check_new_adapter
+from labkit.lora.init import PEFT_INIT, check_init
+from labkit.lora.inject import _check_new_adapter, _configs, set_adapter
 from labkit.models import set_gradient_checkpointing
 from labkit.qlora.linear4bit import (
     Linear4bit,
@@ -43,6 +47,7 @@ from labkit.qlora.linear4bit import (
     resolve_backend,
     resolve_compute_dtype,
 )
+from labkit.qlora.loftq import float_inits, layer_roundtrip
 from labkit.qlora.merge import _as_qlora
 
 # --------------------------------------------------------------------------- accounting
@@ -299,13 +304,20 @@ def prepare_qlora(model: nn.Module, targets, *, r: int = 8, alpha: float = 16,
                   dropout: float = 0.0, quant_type: str = "nf4", double_quant: bool = True,
                   blocksize: int = 64, compute_dtype: torch.dtype | None = None,
                   backend: str = "auto", adapter_name: str = "default",
-                  gradient_checkpointing: bool = False) -> QLoRAReport:
+                  gradient_checkpointing: bool = False, use_rslora: bool = False,
+                  use_dora: bool = False, init: str = "default",
+                  loftq_iter: int = 1) -> QLoRAReport:
     """Make ``model`` a QLoRA model, in place: 4-bit frozen targets plus LoRA adapters.
 
+    0. With ``init="pissa"`` or ``"loftq"``, the adapters are computed from the float
+       weights first, and the weights rewritten to what the 4-bit base must hold
+       (:func:`labkit.qlora.loftq.float_inits`): PiSSA's residual (QPiSSA), or LoftQ's
+       ``Q`` after ``loftq_iter`` alternating steps, quantized exactly as the base is.
     1. :func:`quantize_model`: the target linear layers become frozen 4-bit layers
        (NF4 + double quantization by default); embeddings, norms and the head stay.
     2. :func:`labkit.lora.add_lora` on the same targets: float32 adapters ``A`` and ``B``,
-       the only parameters that train.
+       the only parameters that train (with ``use_dora``, DoRA's magnitudes too, computed
+       from the 4-bit base and the adapters as they start).
     3. Optionally, gradient checkpointing of the transformer blocks
        (:func:`labkit.models.set_gradient_checkpointing`).
 
@@ -317,21 +329,44 @@ def prepare_qlora(model: nn.Module, targets, *, r: int = 8, alpha: float = 16,
         higher precision.
 
     Raises:
-        ValueError: as :func:`quantize_model` and :func:`labkit.lora.add_lora`; all checked
-            before the model changes, so after an error it is as it was.
+        ValueError: as :func:`quantize_model` and :func:`labkit.lora.add_lora`, an unknown
+            ``init``, ``loftq_iter`` < 1; all checked before the model changes, so after an
+            error it is as it was.
     """
     # Everything is checked before anything changes (see quantize_model for why there is
     # no rollback of the quantization): the adapter's settings and name, every target ...
     _check_hparams(r, alpha, dropout)
     _check_new_adapter(model, adapter_name)
-    _plan(model, targets, quant_type, blocksize, compute_dtype, backend)
+    if init != "loftq":
+        check_init(init)
+    if isinstance(loftq_iter, bool) or not isinstance(loftq_iter, int) or loftq_iter < 1:
+        raise ValueError(f"loftq_iter must be an int >= 1, got {loftq_iter!r}")
+    backend, cdt, hits = _plan(model, targets, quant_type, blocksize, compute_dtype, backend)
     if gradient_checkpointing:  # ... and checkpointing, which checks the model before it
         set_gradient_checkpointing(model)  # changes it (only flags: order does not matter)
+    factors = {}
+    if init in ("pissa", "loftq"):  # from the float weights, before they are quantized
+        s = alpha / (math.sqrt(r) if use_rslora else r)  # the adapters' scaling, as add_lora
+        dtype = hits[0][1].weight.dtype
+        rt = layer_roundtrip(backend, quant_type, double_quant, blocksize, cdt, dtype)
+        factors = float_inits(hits, init, r, s, rt, loftq_iter)
     qrep = quantize_model(model, targets, quant_type=quant_type, double_quant=double_quant,
                           blocksize=blocksize, compute_dtype=compute_dtype, backend=backend)
-    lrep = add_lora(model, targets, r=r, alpha=alpha, dropout=dropout,
-                    adapter_name=adapter_name)
-    _as_qlora(model)
+    lrep = add_lora(model, targets, r=r, alpha=alpha, dropout=dropout, use_rslora=use_rslora,
+                    init="default" if factors else init, adapter_name=adapter_name)
+    _as_qlora(model)  # from here the layers read their 4-bit base (DoRA needs it)
+    for name, (A, B) in factors.items():
+        lay = model.get_submodule(name)
+        lay.lora_A[adapter_name].weight.data.copy_(A)
+        lay.lora_B[adapter_name].weight.data.copy_(B)
+    if use_dora:
+        for name, _ in hits:
+            dora.init_magnitude(model.get_submodule(name), adapter_name)
+    cfg = _configs(model)[adapter_name]
+    cfg.use_dora, cfg.init_lora_weights = bool(use_dora), PEFT_INIT[init]
+    cfg.loftq_config = {"loftq_bits": 4, "loftq_iter": loftq_iter} if init == "loftq" else {}
+    set_adapter(model, adapter_name)  # the magnitudes train too
+    lrep.params = model_params(model)
     return QLoRAReport(qrep, lrep, gradient_checkpointing)
 
 

@@ -6,8 +6,8 @@ checkpoint / resume.
 
 Modules: ``loop`` (:func:`train`, the fault-injection hook), ``optimizers`` (the one
 optimizer registry: :data:`OPTIMIZERS`, :func:`register_optimizer`, :func:`make_optimizer`,
-the bitsandbytes factories), ``evaluation`` (:func:`lm_loss`, :func:`evaluate`,
-:class:`History`, autocast), ``checkpoint`` (:func:`save_checkpoint`,
+the bitsandbytes factories, LoRA+'s :func:`loraplus`), ``evaluation`` (:func:`lm_loss`,
+:func:`evaluate`, :class:`History`, autocast), ``checkpoint`` (:func:`save_checkpoint`,
 :func:`load_checkpoint`, the run's fingerprint, generator states), ``parallel`` (ranks,
 per-rank seeds, DDP / FSDP detection under torchrun).
 
@@ -21,7 +21,7 @@ _EXPORTS = {
     ".loop": ["train", "FAIL_ENV", "_fail_at",
               "get_task"],  # labkit.data's, reached as train.get_task by lesson 02
     ".optimizers": ["OPTIMIZERS", "OptimizerFactory", "register_optimizer", "make_optimizer",
-                    "trainable_parameters", "_named_trainable", "_adamw", "_sgd",
+                    "loraplus", "trainable_parameters", "_named_trainable", "_adamw", "_sgd",
                     "_bnb_optimizer", "_takes_names"],
     ".evaluation": ["EVAL_SEED", "History", "lm_loss", "evaluate", "_autocast", "_safe_decode"],
     ".checkpoint": ["CKPT_TENSORS", "CKPT_JSON", "save_checkpoint", "load_checkpoint",

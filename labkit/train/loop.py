@@ -98,7 +98,9 @@ def train(model: torch.nn.Module, task: str | Task, steps: int = 200, lr: float 
         progress: show a tqdm progress bar (on rank 0 only under torchrun).
         optimizer: a name in :data:`OPTIMIZERS` or a factory ``(params, lr=, weight_decay=)``
             (with a ``named_params`` parameter it also gets the ``(name, parameter)`` pairs:
-            :func:`make_optimizer`). The loop sets every param group's lr to the schedule's.
+            :func:`make_optimizer`). Each step the loop sets every param group's lr to the
+            schedule's value times the group's own ratio to ``lr`` (fixed when the optimizer
+            is built: 1 for plain optimizers, ``ratio`` for LoRA+'s ``B`` group).
         weight_decay: decoupled weight decay (AdamW) / L2 (SGD).
         grad_clip: max global grad norm over trainable parameters; ``None`` turns it off.
         warmup_steps: linear warm-up from 0 to ``lr``.
@@ -149,6 +151,9 @@ def train(model: torch.nn.Module, task: str | Task, steps: int = 200, lr: float 
         model.to(device)
     device = next(model.parameters()).device
     opt = make_optimizer(model, optimizer, lr=lr, weight_decay=weight_decay)
+    # Each group keeps its ratio to the peak lr under the schedule (LoRA+: B at ratio * A).
+    # Read before a resume loads the optimizer: its groups then hold a scheduled lr.
+    group_ratio = [g["lr"] / lr for g in opt.param_groups]
     params = trainable_parameters(model)
     _autocast(device, dtype)  # validate dtype before the first step
     scaler = torch.amp.GradScaler("cuda") if dtype == torch.float16 else None
@@ -192,8 +197,8 @@ def train(model: torch.nn.Module, task: str | Task, steps: int = 200, lr: float 
             raise RuntimeError(f"injected fault at step {step} ({FAIL_ENV}={fail_at}; a "
                                "testing hook: unset it to train normally)")
         cur_lr = lr_at(step)
-        for g in opt.param_groups:
-            g["lr"] = cur_lr
+        for g, ratio in zip(opt.param_groups, group_ratio, strict=True):
+            g["lr"] = cur_lr * ratio
         ids, labels = task.batch(batch_size, rng=stream)
         ids, labels = ids.to(device), labels.to(device)
         if world > 1:  # weight by tokens: see labkit.train.parallel

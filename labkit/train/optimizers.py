@@ -4,7 +4,7 @@ parameters.
 Only parameters with ``requires_grad=True`` reach the optimizer, so a LoRA model whose base
 is frozen trains its adapters only, and the optimizer holds state for them alone.
 Optimizers are chosen by name from :data:`OPTIMIZERS` (``"adamw"``, ``"sgd"``,
-``"sgd_momentum"``, ``"paged_adamw"``, ``"adamw8bit"``; add more with
+``"sgd_momentum"``, ``"paged_adamw"``, ``"adamw8bit"``, ``"adamw_loraplus"``; add more with
 :func:`register_optimizer`) or passed to :func:`make_optimizer` / :func:`labkit.train.train`
 as a factory. A factory is called in one of two ways, chosen by its signature:
 
@@ -25,8 +25,17 @@ looked through, as in a checkpoint), so that it can group parameters by name::
     register_optimizer("adamw-nd", adamw_no_decay_on_norms)
 
 Every other factory (``**kwargs`` included) is called with ``params``, ``lr`` and
-``weight_decay`` only, as before. Note that :func:`labkit.train.train` sets every param
-group's ``lr`` to the schedule's value at each step.
+``weight_decay`` only, as before. Param groups may have learning rates of their own:
+:func:`labkit.train.train` multiplies each group's ``lr`` by the schedule (warm-up, cosine),
+keeping the ratio to ``lr`` the group was built with.
+
+LoRA+ (Hayou et al., 2024, arXiv:2402.12354, section 4): ``B`` learns ``ratio`` times faster
+than ``A`` (the paper: ``ratio`` about 2^4 = 16), since with ``B = 0`` at the start the two
+factors play different roles in a wide network. :func:`loraplus` builds the factory,
+:data:`OPTIMIZERS` holds it as ``"adamw_loraplus"`` (ratio 16). Its param groups are those
+of PEFT's ``create_loraplus_optimizer``: ``A`` (and every other matrix) at ``lr``; ``B`` and
+every vector (biases, DoRA's magnitude) at ``ratio * lr``; embedding adapters at
+``lr_embedding`` (PEFT's default ``1e-6``); biases and norm weights without weight decay.
 
 Imports: torch, and :mod:`labkit._deps` (bitsandbytes on first use of a bnb optimizer).
 """
@@ -98,6 +107,44 @@ def _bnb_optimizer(name: str, cls_name: str) -> OptimizerFactory:
 
 OPTIMIZERS["paged_adamw"] = _bnb_optimizer("paged_adamw", "PagedAdamW")
 OPTIMIZERS["adamw8bit"] = _bnb_optimizer("adamw8bit", "AdamW8bit")
+
+
+def loraplus(ratio: float = 16.0, lr_embedding: float = 1e-6, optimizer_cls=None
+             ) -> OptimizerFactory:
+    """A LoRA+ factory: ``optimizer_cls`` (default ``torch.optim.AdamW``) with ``B``'s learning
+    rate ``ratio`` times ``A``'s (module docstring; PEFT's ``create_loraplus_optimizer``).
+
+    ``lr_embedding`` is the absolute rate of embedding adapters at the peak ``lr`` (the loop
+    scales it with the schedule like every group).
+
+    Raises:
+        ValueError: ``ratio`` or ``lr_embedding`` not a positive finite number.
+    """
+    for name, v in (("ratio", ratio), ("lr_embedding", lr_embedding)):
+        if isinstance(v, bool) or not isinstance(v, int | float) or not 0 < v < float("inf"):
+            raise ValueError(f"loraplus: {name} must be a positive number, got {v!r}")
+    cls = optimizer_cls or torch.optim.AdamW
+
+    def factory(params, lr: float, weight_decay: float, named_params) -> torch.optim.Optimizer:
+        groups = {"A": [], "embedding": [], "B": [], "B_no_decay": []}
+        for name, p in named_params:
+            if "lora_embedding_" in name:
+                groups["embedding"].append(p)
+            elif "lora_B" in name or p.ndim == 1:  # B, biases, norms, DoRA's magnitude
+                no_decay = name.endswith("bias") or "norm" in "".join(name.split(".")[-2:-1])
+                groups["B_no_decay" if no_decay else "B"].append(p)
+            else:
+                groups["A"].append(p)
+        rates = {"A": lr, "embedding": lr_embedding, "B": lr * ratio, "B_no_decay": lr * ratio}
+        return cls([{"params": ps, "lr": rates[g], "name": f"loraplus {g}",
+                     "weight_decay": 0.0 if g == "B_no_decay" else weight_decay}
+                    for g, ps in groups.items()], lr=lr, weight_decay=weight_decay)
+
+    factory.loraplus_ratio = ratio
+    return factory
+
+
+OPTIMIZERS["adamw_loraplus"] = loraplus()
 
 
 def register_optimizer(name: str, factory: OptimizerFactory, overwrite: bool = False) -> None:
