@@ -1,4 +1,4 @@
-"""A small LLaMA-style causal language model, and the configs of real LLaMA models.
+"""A small LLaMA-style causal language model, built from a config (configs: labkit.configs).
 
 The course fine-tunes :class:`LlamaLM`, a decoder-only transformer built like LLaMA
 (Touvron et al., 2023) but small enough to train on a laptop CPU in seconds:
