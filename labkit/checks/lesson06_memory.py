@@ -94,10 +94,10 @@ def check_gradient_bytes(fn: Callable) -> H.CheckResult:
     off = (f"you predicted {got:,.0f} bytes, memory.measure counted {want:,} "
            f"({100 * (got / want - 1):+.1f} %) for {cfg.n_layers} blocks, r={r} on "
            f"{', '.join(targets)}")
-    reasons = [why for why, _ in _mistakes(cfg, r, targets)]
-    for i, why in enumerate(reasons):
-        if all(math.isclose(g, _mistakes(c, rr, t)[i][1], rel_tol=1e-9)
-               for c, rr, t, g, _ in wrong):
+    per_setting = [_mistakes(c, rr, t) for c, rr, t, _, _ in wrong]
+    for i, (why, _) in enumerate(per_setting[0]):
+        if all(math.isclose(w[3], alts[i][1], rel_tol=1e-9)
+               for w, alts in zip(wrong, per_setting, strict=True)):
             return H._report(name, False, f"{off}: {why}")
     return H._report(name, False, f"{off}. Each adapter on a d x k linear trains r * (d + k) "
                                   "float32 numbers, in every block")

@@ -47,19 +47,26 @@ gradients nor the previous logits. What the allocator itself adds (rounding bloc
 splitting a cached block, about 1 % here) is not modelled: ``tests/test_memory_peak.py``
 compares the estimate with measured rows and states the tolerances.
 
-Imports: :mod:`labkit.memory.breakdown`, :mod:`labkit.memory.estimation`,
-:mod:`labkit.lora.counts`.
+Imports: :mod:`labkit.memory.breakdown`, :mod:`labkit.memory.estimation`.
 """
 
 from __future__ import annotations
 
 import json
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
-from labkit.lora.counts import adapter_params
-from labkit.memory.breakdown import MB, MiB, _get_config, _targets
+from labkit.memory.breakdown import (
+    BLOCK_LINEARS,
+    FLOAT_DTYPES,
+    MB,
+    MiB,
+    _dtype,
+    _get_config,
+    _nbytes,
+    _targets,
+)
 from labkit.memory.estimation import _shapes, estimate
 
 #: cuBLAS workspace per handle, by whether the GPU is Hopper (sm 90) or later (PyTorch's
@@ -100,7 +107,6 @@ class PeakEstimate:
     load: int
     loop: str = "labkit"
     label: str = ""
-    notes: list[str] = field(default_factory=list)
 
     @property
     def peak(self) -> int:
@@ -138,7 +144,6 @@ def _adapter_tensors(cfg, targets, r: int) -> list[int]:
         if leaf in targets and pname == "weight":
             d_out, k_in = shape
             out += [r * k_in, d_out * r]
-            assert r * k_in + d_out * r == adapter_params(d_out, k_in, r)
     return out
 
 
@@ -163,13 +168,11 @@ def estimate_peak(config, method: str = "qlora", batch: int = 1, seq_len: int = 
     if loop not in LOOPS:
         raise ValueError(f"unknown loop {loop!r}; use one of {', '.join(LOOPS)}")
     cfg = _get_config(config)
-    tg = _targets(targets if targets is not None else ("q_proj", "k_proj", "v_proj",
-                                                       "o_proj", "gate_proj", "up_proj",
-                                                       "down_proj"))
+    tg = _targets(BLOCK_LINEARS if targets is None else targets)
     e = estimate(cfg, method, batch, seq_len, compute_dtype=compute_dtype, optimizer=optimizer,
                  r=r, targets=tg, gradient_checkpointing=gradient_checkpointing, autocast=True,
                  **kwargs)
-    s = {"fp32": 4, "float32": 4}.get(str(compute_dtype), 2)
+    s = _nbytes(_dtype(compute_dtype, "compute dtype", FLOAT_DTYPES))
     B, T, N = batch, seq_len, batch * seq_len
     d, H, V, L = cfg.hidden_size, cfg.n_heads, cfg.vocab_size, cfg.n_layers
     hts = B * H * T * T                      # elements of one layer's attention matrix
@@ -220,10 +223,9 @@ def estimate_peak(config, method: str = "qlora", batch: int = 1, seq_len: int = 
     moments["optimizer step"] = {**base, "gradients": e.gradients,
                                  "logits": logits * (loop == "labkit"),
                                  "optimizer temporaries": temporaries}
-    notes = [f"loop: {loop}", "autocast: " + str(compute_dtype)]
     load = sum(math.prod(shape) for _, _, shape in _shapes(cfg)[0]) * s
     return PeakEstimate(moments, e.weights, paged, CUDA_CONTEXT, load, loop,
-                        label=f"peak estimate: {cfg.name}, {method}, {B} x {T}", notes=notes)
+                        label=f"peak estimate: {cfg.name}, {method}, {B} x {T}")
 
 
 def measured_rows() -> list[dict]:
