@@ -109,8 +109,12 @@ def test_nbval_is_strict_with_timeout_and_sanitizer():
 
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=[p.name for p in NOTEBOOKS])
 def test_lesson_ends_with_its_quiz(path):
+    """The quiz is the main path's last code cell: the last before a final `## Going deeper`
+    section (material for the curious, whose cells may still run), or the last of all."""
     nb = nbformat.read(path, as_version=4)
-    last = [c for c in nb.cells if c.cell_type == "code"][-1]
+    deeper = next((i for i, c in enumerate(nb.cells) if c.cell_type == "markdown"
+                   and re.search(r"^## Going deeper\s*$", c.source, re.M)), len(nb.cells))
+    last = [c for c in nb.cells[:deeper] if c.cell_type == "code"][-1]
     lesson = path.name[:2]
     assert f'quiz.lesson_quiz("{lesson}"' in last.source, f"{path.name} must end with its quiz"
     text = "".join(o.get("data", {}).get("text/plain", "") for o in last.outputs)
