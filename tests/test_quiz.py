@@ -425,7 +425,8 @@ def test_show_is_seeded_and_names_bad_input():
     assert [v.item.id for v in mixed.views][2:] == ["gen-lora-count-5", "gen-model-bytes-6"]
     with pytest.raises(quiz.QuizError, match=r"no quiz for lesson '42'; lessons: 00, 01"):
         quiz.lesson_quiz("42")
-    with pytest.raises(quiz.QuizError, match=r"no topic 'lora'; topics: benefits, finetuning, "):
+    with pytest.raises(quiz.QuizError,
+                       match=r"no topic 'lora'; topics: benefits, beyond-lora, finetuning, "):
         quiz.show(topic="lora")
     with pytest.raises(quiz.QuizError, match=r"no item with id 'nope'"):
         quiz.show(ids=["nope"])

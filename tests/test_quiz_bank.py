@@ -291,7 +291,9 @@ def _lesson_text(lesson: str) -> str:
     """What a lesson says and prints (markdown and stored outputs; not its code, whose format
     specs are full of small numbers), without the cells that show quiz items, with thousands
     separators removed."""
-    nb = next(LESSONS.glob(f"{lesson}_*.ipynb"))
+    found = sorted(LESSONS.glob(f"{lesson}_*.ipynb"))
+    assert found, f"quiz.LESSON_ITEMS has lesson {lesson}, but lessons/ has no {lesson}_*.ipynb"
+    nb = found[0]
     parts = []
     for cell in json.loads(nb.read_text())["cells"]:
         src = "".join(cell["source"])
