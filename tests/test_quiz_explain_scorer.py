@@ -131,6 +131,22 @@ def test_negated_misconceptions_are_not_flagged(item_id, text):
     assert explain(item_id, text).misconceptions == []
 
 
+@pytest.mark.parametrize("text", [
+    "DoRA decomposes each weight into a magnitude and a direction.",
+    "PiSSA decomposes the weight matrix with an SVD and puts its top r directions in B and A.",
+    "LoftQ approximates the residual of the weight with a low-rank product B A.",
+    "B A is a low-rank approximation of the quantization error of the 4-bit base.",
+])
+def test_what_the_variants_really_decompose_is_not_a_misconception(text):
+    """DoRA, PiSSA and LoftQ do split or approximate the weight (or its quantization error);
+    said of them, "decompose the weight" is true, and on the beyond-lora item it must not be
+    read as "LoRA shrinks the model" or "adapters in 4 bits". The same verb said of LoRA's
+    weight still is (the lora-shrinks-model case below and this one)."""
+    assert explain("bl-explain-rslora", text).misconceptions == []
+    assert explain("bl-explain-rslora", "LoRA decomposes the weight matrix into two low-rank "
+                   "matrices.").misconception_ids == ["lora-shrinks-model"]
+
+
 #: One fluent statement of each global misconception, on an item whose own list lacks it.
 GLOBAL_CASES = [
     ("adapters-in-4-bit", "lb-explain", "LoRA adapters are stored in 4 bits to save memory."),

@@ -164,7 +164,8 @@ GLOBAL_MISCONCEPTIONS: tuple[Misconception, ...] = (
         "and optimizer state, and the activations stay in 16 or 32 bits; keeping the base "
         "in 16 bits would save nothing."), (
         P(_PART, _LOWBIT, unit="clause", ordered=True, window=10, lead_free=_HOLDER,
-          next_free=_HOLDER, gap_free=f"{_HOLDER} DEQUANT HIGHBITS", unless_clause="FULL_FT"),
+          next_free=_HOLDER, gap_free=f"{_HOLDER} DEQUANT HIGHBITS",
+          unless_clause="FULL_FT VARIANT_SPLIT"),
         P(_LOWBIT, _PART, unit="clause", ordered=True, window=3,
           gap_free=f"{_HOLDER} HIGHBITS BREAK"),
         P("BASE|MODEL|PARAM", "HIGHBITS", unit="clause", ordered=True, window=8,
@@ -192,7 +193,8 @@ GLOBAL_MISCONCEPTIONS: tuple[Misconception, ...] = (
         P("SMALLER", "MODEL", unit="clause", ordered=True, window=2, unless=_QUANTISH,
           unless_clause="TRAIN GPU MEMORY ADAPTER STORAGE"),
         P("DECOMPOSE|REPLACE", "PARAM|MODEL|LAYER", unit="clause", window=6,
-          require="LOWRANK LOWRANK_PART DECOMPOSE", unless_clause="UPDATE ADAPTER AB"),
+          require="LOWRANK LOWRANK_PART DECOMPOSE",
+          unless_clause="UPDATE ADAPTER AB VARIANT_SPLIT"),
     )),
     Misconception("lora-from-scratch", (
         "LoRA does not train a model from scratch or replace the network: it starts from a "

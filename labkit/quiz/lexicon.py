@@ -120,6 +120,10 @@ SYNONYMS: dict[str, str] = {
     "end up smaller, smaller version, reduce the size, downsize, distil, distill",
     "DECOMPOSE": "decompose, decomposition, factorize, factorise, factorization, "
     "factorisation, approximate, approximation",
+    # what the LoRA variants really split or approximate (DoRA, PiSSA, LoftQ): naming one
+    # of these, "decompose the weight" or "approximate the error" is not the misconception
+    "VARIANT_SPLIT": "magnitude, direction, singular value, singular vector, singular, svd, "
+    "residual, quantization error, quantisation error, rounding error",
     "REPLACE": "replace, replacement, substitute, swap out",
     "SCRATCH": "from scratch, from nothing, from the ground up, random initialisation of the "
     "model, random initialization of the model",
