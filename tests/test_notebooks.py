@@ -107,8 +107,16 @@ def test_nbval_is_strict_with_timeout_and_sanitizer():
     assert "lessons" in opts["testpaths"]
 
 
+# Lessons without a quiz topic of their own, and why (DESIGN.md's lesson map).
+NO_QUIZ = {"12": "the failure lab ends with its exercises; the bank has no topic for it"}
+
+
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=[p.name for p in NOTEBOOKS])
 def test_lesson_ends_with_its_quiz(path):
+    if path.name[:2] in NO_QUIZ:
+        nb = nbformat.read(path, as_version=4)
+        assert not any("quiz.lesson_quiz(" in c.source for c in nb.cells if c.cell_type == "code")
+        pytest.skip(NO_QUIZ[path.name[:2]])
     nb = nbformat.read(path, as_version=4)
     last = [c for c in nb.cells if c.cell_type == "code"][-1]
     lesson = path.name[:2]
