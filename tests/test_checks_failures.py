@@ -40,6 +40,10 @@ def _adapter(sd, name):
     return {k.replace(tag, "."): v for k, v in sd.items() if "lora_" in k and tag in k}
 
 
+def _dequant(sizes, needs, ckpt):
+    return sum(n * (1 + g + ckpt) for n, g in zip(sizes, needs, strict=True))
+
+
 def _scale(a, r, rs):
     return a / math.sqrt(r) if rs else a / r
 
@@ -115,6 +119,23 @@ CASES = {
         "not divided": (lambda g, s: _scaler(g, s) if _scaler(g, s)[0] is None else
                         ([x.float() for x in g], s), "not divided"),
     }),
+    "check_dequant_count": (_dequant, {
+        "forward only": (lambda s, g, c: sum(s), "forward pass only"),
+        "backward everywhere": (lambda s, g, c: _dequant(s, [True] * len(s), c),
+                                "only layers whose input needs a gradient"),
+        "recompute forgotten": (lambda s, g, c: _dequant(s, g, False), "recomputes"),
+        "bytes in bf16": (lambda s, g, c: 2 * _dequant(s, g, c), "twice the count"),
+        "a float": (lambda s, g, c: float(_dequant(s, g, c)) + 0.5, "expected"),
+        "None": (lambda s, g, c: None, "forget `return`"),
+    }),
+    "check_fits_on_card": (lambda p, c, m: p + c <= m * 2**20, {
+        "MB": (lambda p, c, m: p + c <= m * 1e6, "MiB are 2^20 bytes"),
+        "16e9": (lambda p, c, m: p + c <= 16e9, "not the 16e9 of its name"),
+        "16 GiB": (lambda p, c, m: p + c <= 16 * 2**30, "not 16 GiB"),
+        "no context": (lambda p, c, m: p <= m * 2**20, "CUDA context"),
+        "strict": (lambda p, c, m: p + c < m * 2**20, "compare with <="),
+        "not a bool": (lambda p, c, m: int(p + c <= m * 2**20), "True or False"),
+    }),
 }
 WRONG = [(c, m) for c, (_, mistakes) in CASES.items() for m in mistakes]
 
@@ -146,7 +167,7 @@ def test_lesson_exercises_pass_and_their_student_stubs_fail():
     student = classroom.student_notebook(teacher, LESSON.name)
     exercises = classroom.exercises(teacher, LESSON.name)
     calls = classroom.exercise_checks(LESSON).checks
-    assert len(exercises) == 6
+    assert len(exercises) == 8
     for ex in exercises:
         (call,) = calls[ex.grade_id]
         check = getattr(checks, call.check)

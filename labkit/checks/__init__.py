@@ -45,7 +45,8 @@ module per lesson's exercises: ``lesson01_lora`` (parameter count), ``lesson02_l
 memory term, lessons 05-07), ``lesson06_memory`` (a prediction set against a measured step),
 ``lesson09_scaling_out`` (a DDP rank's loss), ``lesson12_failures`` (checkpointing on a
 frozen model, adapter files, a new classification head) and ``lesson12_numerics`` (the
-alpha / r scale, merging a QLoRA adapter, fp16 loss scaling).
+alpha / r scale, merging a QLoRA adapter, fp16 loss scaling, QLoRA's extra work, the
+out-of-memory rule).
 
 Imports: this ``__init__`` imports nothing heavy; the names below load on first use, and
 torch only when a check on tensors runs, so a check of plain arithmetic (a count, a number
@@ -67,6 +68,7 @@ _EXPORTS = {
     ".lesson09_scaling_out": ["check_shard_loss"],
     ".lesson12_failures": ["check_adapter_state_dict", "check_head_config",
                            "check_inputs_require_grad"],
-    ".lesson12_numerics": ["check_alpha_scale", "check_loss_scaler", "check_qlora_merge"],
+    ".lesson12_numerics": ["check_alpha_scale", "check_dequant_count", "check_fits_on_card",
+                           "check_loss_scaler", "check_qlora_merge"],
 }
 __getattr__, __dir__, __all__ = lazy_exports(__name__, _EXPORTS)

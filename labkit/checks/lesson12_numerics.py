@@ -1,4 +1,4 @@
-"""Lesson 12's exercises on numbers: the alpha / r scale, merging a QLoRA adapter, fp16 overflow.
+"""Lesson 12's exercises on numbers: alpha / r, a QLoRA merge, fp16, QLoRA's work, memory.
 
 * :func:`check_alpha_scale`: ``f(A, B, lora_alpha, r, use_rslora) -> (A, B)``, factors trained
   in a layer WITHOUT the scale, rewritten so that PEFT's layer (which multiplies by
@@ -10,6 +10,10 @@
   dynamic loss scaler (what ``torch.amp.GradScaler`` does): fp16 gradients of ``scale * loss``
   come back in float32 divided by ``scale``, unless one of them is inf or NaN: then the
   step is skipped (None) and the scale halves.
+* :func:`check_dequant_count`: ``f(sizes, input_needs_grad, gradient_checkpointing) -> int``,
+  the 4-bit weights dequantized in one training step (the work QLoRA adds to LoRA).
+* :func:`check_fits_on_card`: ``f(peak_bytes, context_bytes, card_mib) -> bool``, whether a
+  step fits on a GPU: the allocator's peak plus the CUDA context within ``card_mib * 2**20``.
 
 Imports: ``labkit.checks.harness``; torch on first use; ``labkit.quant`` inside
 :func:`check_qlora_merge`.
@@ -270,3 +274,114 @@ def check_loss_scaler(fn: Callable, seed: int = 0) -> H.CheckResult:
             return H._report(name, False, f"the gradients are not g.float() / scale {where}")
     return H._report(name, True, "finite fp16 gradients come back unscaled in float32; a step "
                      "with inf or NaN is skipped and the scale halves")
+
+
+# ------------------------------------------------------------------ the work QLoRA adds
+
+
+def _dequantized(sizes, needs_grad, ckpt) -> int:
+    return sum(n * (1 + bool(g) + bool(ckpt)) for n, g in zip(sizes, needs_grad, strict=True))
+
+
+def check_dequant_count(fn: Callable, seed: int = 0) -> H.CheckResult:
+    """Check ``fn(sizes, input_needs_grad, gradient_checkpointing) -> int``.
+
+    ``sizes[i]`` is the number of weights of the i-th 4-bit layer, ``input_needs_grad[i]``
+    whether a gradient must flow back through that layer's input. In one training step each
+    4-bit weight is dequantized once in the forward pass, once more in the backward pass when
+    the layer must pass a gradient to its input (``grad_x = grad_y @ W``; a frozen layer
+    never needs ``grad_W``), and once more when gradient checkpointing recomputes the
+    forward pass. The answer: the number of weights dequantized in one step.
+
+    Named: forward only; the backward counted for every layer; the recomputation
+    forgotten, or counted without checkpointing; bytes instead of a count.
+    """
+    name = "dequant_count"
+    if (bad := H._not_callable(name, fn)) is not None:
+        return bad
+    rng = random.Random(seed)
+    for ckpt in (False, True, rng.random() < 0.5):
+        n = rng.randint(6, 12)
+        sizes = [rng.choice([4096, 8192, 11008]) * rng.choice([64, 128]) for _ in range(n)]
+        grads = [i >= 3 or rng.random() < 0.3 for i in range(n)]  # the first inputs frozen
+        grads[rng.randrange(3)] = False
+        where = f"({n} layers, {grads.count(False)} with a frozen input, checkpointing {ckpt})"
+        want = _dequantized(sizes, grads, ckpt)
+        try:
+            got = H._call(fn, list(sizes), list(grads), ckpt)
+        except H._LearnerError as exc:
+            return H._report(name, False, f"your function raised {exc} {where}")
+        if (bad := H._not_a_number(name, got, "an int")) is not None:
+            return bad
+        if got == want:
+            continue
+        total = sum(sizes)
+        named = [
+            (total, "you counted the forward pass only: the backward pass dequantizes again to "
+                    "compute grad_x = grad_y @ W"),
+            (_dequantized(sizes, [True] * n, ckpt), "the backward pass dequantizes only layers "
+                                                    "whose input needs a gradient"),
+            (_dequantized(sizes, grads, not ckpt), "checkpointing recomputes the forward pass, "
+                                                   "one more dequantization per layer, and only "
+                                                   "with checkpointing on"),
+            (2 * want, "that is twice the count: bytes in bf16? return the number of weights"),
+            (want // 2, "that is half the count: bytes of 4-bit codes? return the number of "
+                        "weights"),
+        ]
+        for value, why in named:
+            if got == value:
+                return H._report(name, False, f"{why} {where}")
+        return H._report(name, False, f"you return {got:,}, expected {want:,} {where}")
+    return H._report(name, True, "forward, backward where the input needs a gradient, and the "
+                     "recomputation under checkpointing")
+
+
+# ------------------------------------------------------------------ will it fit?
+
+
+def check_fits_on_card(fn: Callable, seed: int = 0) -> H.CheckResult:
+    """Check ``fn(peak_bytes, context_bytes, card_mib) -> bool``, the out-of-memory rule.
+
+    A step fits when the allocator's peak (``memory.estimate_peak(...).peak``) plus the CUDA
+    context, which lives outside the allocator, is at most the card's memory, given in MiB
+    (2^20 bytes) as ``nvidia-smi`` reports it: a "16 GB" T4 has 15,360 MiB.
+
+    Named: the context left out; MiB taken as 10^6 bytes; the card taken as its name's
+    16 GB; a strict comparison at equality; not a bool.
+    """
+    name = "fits_on_card"
+    if (bad := H._not_callable(name, fn)) is not None:
+        return bad
+    rng = random.Random(seed)
+    card = 15360  # a T4
+    cap = card * 2**20
+    ctx = rng.randint(400, 800) * 2**20
+    # (peak + context in bytes, fits?, the slip that gets this case wrong); in this order,
+    # each case is the first one that a single slip fails
+    cases = [(15.7e9, True, "MiB are 2^20 bytes, not 10^6: the card holds card_mib * 2**20 "
+                            "bytes"),
+             (16.05e9, True, "the card holds card_mib * 2**20 bytes (16.1e9 for 15,360 MiB), "
+                             "not the 16e9 of its name"),
+             (cap + ctx + 2**26, False, "a '16 GB' T4 reports 15,360 MiB, not 16 GiB: use "
+                                        "card_mib"),
+             (cap + ctx // 2, False, "the CUDA context lives outside the allocator's peak: "
+                                     "add it before comparing"),
+             (cap, True, "a step that needs exactly the card's memory fits: compare with <="),
+             (cap + 2**20, False, "")]
+    cases = [(int(total) - ctx, ctx, want, why) for total, want, why in cases]
+    for peak, context, want, why in cases:
+        try:
+            got = H._call(fn, peak, context, card)
+        except H._LearnerError as exc:
+            return H._report(name, False, f"your function raised {exc}")
+        if got is None:
+            return H._report(name, False, H._RETURNED_NONE)
+        if not isinstance(got, bool):
+            return H._report(name, False, f"return True or False; got {type(got).__name__}")
+        if got != want:
+            where = (f"(peak {peak / 2**20:,.0f} MiB, context {context / 2**20:,.0f} MiB, card "
+                     f"{card:,} MiB: {'fits' if want else 'does not fit'})")
+            return H._report(name, False, f"{why or 'peak + context <= card_mib * 2**20'} "
+                             f"{where}")
+    return H._report(name, True, "peak + CUDA context <= the card's MiB * 2^20, at the "
+                     "boundaries where the classic slips differ")
