@@ -43,12 +43,17 @@ Modules: ``harness`` (the protocol line, calling the learner's code, reporting),
 module per lesson's exercises: ``lesson01_lora`` (parameter count), ``lesson02_lora_layers``
 (LoRA forward), ``lesson04_quantization`` (absmax), ``lesson05_memory_terms`` (bytes of a
 memory term, lessons 05-07), ``lesson06_memory`` (a prediction set against a measured step),
-``lesson09_scaling_out`` (a DDP rank's loss).
+``lesson09_scaling_out`` (a DDP rank's loss), ``lesson12_failures`` (checkpointing on a
+frozen model, adapter files, a new classification head) and ``lesson12_numerics`` (the
+alpha / r scale, merging a QLoRA adapter, fp16 loss scaling, QLoRA's extra work, the
+out-of-memory rule).
 
 Imports: this ``__init__`` imports nothing heavy; the names below load on first use, and
 torch only when a check on tensors runs, so a check of plain arithmetic (a count, a number
 of bytes) runs at once, also where torch is missing. The lesson modules import the harness,
-and ``lesson09_scaling_out`` imports ``labkit.data`` and ``labkit.train`` inside its check.
+``lesson09_scaling_out`` imports ``labkit.data`` and ``labkit.train`` inside its check,
+``lesson12_failures`` transformers and PEFT inside ``check_head_config``, and
+``lesson12_numerics`` ``labkit.quant`` inside ``check_qlora_merge``.
 """
 
 from labkit._api import lazy_exports
@@ -61,5 +66,9 @@ _EXPORTS = {
     ".lesson05_memory_terms": ["MEMORY_TERMS", "check_memory_term"],
     ".lesson06_memory": ["check_gradient_bytes"],
     ".lesson09_scaling_out": ["check_shard_loss"],
+    ".lesson12_failures": ["check_adapter_state_dict", "check_head_config",
+                           "check_inputs_require_grad"],
+    ".lesson12_numerics": ["check_alpha_scale", "check_dequant_count", "check_fits_on_card",
+                           "check_loss_scaler", "check_qlora_merge"],
 }
 __getattr__, __dir__, __all__ = lazy_exports(__name__, _EXPORTS)
