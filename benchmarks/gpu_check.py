@@ -30,6 +30,11 @@ Then the scaling-out path of lesson 09 on the GPUs: ``scripts/ddp_train.py --qlo
 all-reduced per step are 4 x the adapter parameters, the loss falls, nothing is NaN. (In
 the dry run: one process with gloo on the CPU.)
 
+Last, lesson 10's standard stack against labkit: the bigger model exported as a transformers
+directory, fine-tuned once with transformers + PEFT as lesson 10's GPU cell does it and once
+with labkit from the same directory and starting adapter; losses, peak memory and step time
+side by side (``gpu_standard_stack.py``, whose docstring says what is compared and how).
+
     python benchmarks/gpu_check.py             # on a CUDA GPU: well under 5 minutes
     python benchmarks/gpu_check.py --dry-run   # anywhere, tiny sizes, seconds (a test runs it)
 
@@ -58,30 +63,17 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import torch  # noqa: E402
 
-from labkit import _deps, distributed, memory, models, qlora, train  # noqa: E402
+from labkit import _deps, distributed, models, qlora, train  # noqa: E402
 from labkit import lora as L  # noqa: E402
 from labkit.data import get_task  # noqa: E402
 from labkit.env import pick_device, seed_everything  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import _bench  # noqa: E402  (interleaved timing, shared with the CPU benchmarks)
+import gpu_standard_stack  # noqa: E402  (the transformers + PEFT path on an exported model)
+from _gpu_setup import TARGETS, MiB, R, big_config, estimate_bytes  # noqa: E402
 
 warnings.filterwarnings("ignore", message="`is_gradient_checkpointing`", category=FutureWarning)
-
-TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
-R = 8
-MiB = 2**20
-
-
-def big_config(dry: bool) -> models.ModelConfig:
-    tiny = models.get_config("tiny")
-    if dry:
-        return tiny.replace(hidden_size=192, intermediate_size=512, n_layers=2, n_heads=6,
-                            n_kv_heads=2, name="big-dry")
-    # 24 x (4.2M attention + 8.7M MLP) + head: about 280M parameters
-    return tiny.replace(hidden_size=1024, intermediate_size=2816, n_layers=24, n_heads=16,
-                        n_kv_heads=8, max_seq_len=64, name="big-280m")
-
 
 def make_base(name: str, device: torch.device, dry: bool) -> torch.nn.Module:
     if name == "pretrained":
@@ -126,18 +118,6 @@ def build(contender: str, base: torch.nn.Module, init: dict, compute_dtype, chec
         for k, p in L.get_adapter_params(m).items():
             p.copy_(init[k])
     return m
-
-
-def estimate_bytes(model: torch.nn.Module, batch_shape: tuple[int, int], dtype: torch.dtype,
-                   checkpointing: bool) -> int:
-    """labkit's estimate of one QLoRA step of this model: ``labkit.memory.estimate``."""
-    names = {torch.float32: "fp32", torch.bfloat16: "bf16", torch.float16: "fp16"}
-    b, t = batch_shape
-    est = memory.estimate(model.config, "qlora", batch=b, seq_len=t, compute_dtype=names[dtype],
-                          optimizer="paged_adamw", r=R, targets=TARGETS,
-                          gradient_checkpointing=checkpointing,
-                          autocast=dtype != torch.float32)  # as run() steps
-    return est.total
 
 
 def train_step(model, opt, ids, labels, dtype) -> torch.Tensor:
@@ -364,6 +344,8 @@ def main(argv=None) -> int:
 
         rows = ["tinyllama"] if args.dry_run else ["tinyllama", "7b"]
         ok &= gpu_memory.main(["--rows", *rows] + (["--dry-run"] if args.dry_run else [])) == 0
+    # lesson 10's transformers + PEFT path against labkit's on the bigger model, exported
+    ok &= gpu_standard_stack.compare(big_config(args.dry_run), device, compute_dtype, steps, batch)
     if args.dry_run:
         print("dry run OK" if ok else "dry run FAILED")
     else:

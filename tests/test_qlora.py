@@ -494,12 +494,21 @@ def test_backend_choice_and_the_auto_fallback(monkeypatch):
 # --------------------------------------------------------------------------- scripts
 
 
+# gpu_check's standard-stack section (benchmarks/gpu_standard_stack.py): its table's header
+# and rows, and its verdict that transformers + PEFT and labkit gave the same losses
+STANDARD_STACK = ["\ncontender             step ms  / PEFT peak MiB est. MiB first loss last loss "
+                  "max|dloss|\n", "\ntransformers + PEFT ", "\nlabkit ",
+                  "\nstandard stack vs labkit: ok (every loss finite; steps 1-2 equal within "
+                  "0.0001 x the largest PEFT loss"]
+
+
 @pytest.mark.parametrize("script, args, expect", [
-    ("qlora_vs_peft.py", ["--quick"], "base-weight bytes equal: True"),
-    ("gpu_check.py", ["--dry-run"], "dry run OK"),
+    ("qlora_vs_peft.py", ["--quick"], ["base-weight bytes equal: True"]),
+    ("gpu_check.py", ["--dry-run"], STANDARD_STACK + ["dry run OK"]),
 ])
 def test_benchmark_smoke(script, args, expect):
     proc = subprocess.run([sys.executable, str(ROOT / "benchmarks" / script), *args],
                           capture_output=True, text=True, timeout=240, cwd=ROOT)
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
-    assert expect in proc.stdout
+    for line in expect:
+        assert line in proc.stdout, (line, proc.stdout[-2000:])
