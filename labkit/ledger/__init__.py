@@ -40,7 +40,7 @@ metrics:
   rank, ``alpha / sqrt(r)`` does not. Ranks 4, 8, 16, 32, 64, alpha = 16 in both arms (at
   r = 64: 0.25 against 2); held-out loss after 100 steps. Paper's sign: rsLoRA lower.
 * **PiSSA (QPiSSA) and LoftQ** against QLoRA's zero init on a 4-bit base (NF4 + double
-  quantization, blocks of 64, alpha = 2r): (a) the step-0 relative error
+  quantization, blocks of 64, labkit's 4-bit layer, alpha = 2r): (a) the step-0 relative error
   ``||W - (Q + s B A)||_F / ||W||_F`` per target layer, at r = 4 and 16, LoftQ with 1 and
   5 alternating steps; deterministic, so the units are the 14 target layers, paired by
   layer; (b) held-out loss after 100 steps on the 4-bit base, r = 16, LoftQ with 1 step.

@@ -202,7 +202,7 @@ def step0(d: X.Design, init: str, r: int = 16, loftq_iter: int = 1) -> Row:
                -1, PAPERS["qlora_init"],
                notes=["deterministic (no seed reaches it); the units are the target layers, "
                       "paired by layer: the interval speaks of layers like these",
-                      "NF4 + double quantization, blocks of 64 (prepare_qlora's defaults); "
+                      f"NF4 + double quantization, blocks of 64 ({d.backend}'s 4-bit layer); "
                       f"alpha = 2r; LoftQ alternates T = {loftq_iter} time(s)"])
 
 
@@ -214,7 +214,8 @@ def qlora_train(d: X.Design, init: str, r: int = 16, loftq_iter: int = 1) -> Row
                      {"init": init, "r": r, "loftq_iter": loftq_iter, "train": True},
                      (label, _qarm(init, r, loftq_iter)),
                      ("QLoRA zero init", _qarm("default", r, 1)),
-                     ["NF4 + double quantization, blocks of 64; alpha = 2r"])
+                     [f"NF4 + double quantization, blocks of 64 ({d.backend}'s 4-bit layer); "
+                      "alpha = 2r; LoftQ alternates once"])
 
 
 def _qlora_init(d: X.Design, init: str, r: int = 16, loftq_iter: int = 1,

@@ -64,6 +64,9 @@ class Design:
             every ``eval_every`` steps on ``eval_n`` examples of ``train``'s evaluation
             seed; at most ``cap`` steps).
         threads: torch's intra-op threads (1: deterministic, and it leaves a core free).
+        backend: the 4-bit layer of the QLoRA rows: labkit's pure-PyTorch one (the same NF4
+            codes as bitsandbytes' CPU path, bit for bit; no bitsandbytes import, so the
+            numbers do not depend on its version).
     """
 
     task: str = "shift"
@@ -81,6 +84,7 @@ class Design:
     eval_n: int = 50
     target: float = 0.9
     threads: int = 1
+    backend: str = "labkit"
 
     def to_dict(self) -> dict:
         d = asdict(self)
@@ -98,8 +102,8 @@ class Design:
 FULL = Design()
 #: The quick rows' design: the same code, 2 seeds and a few steps (a reproducibility check,
 #: not evidence).
-QUICK = replace(FULL, steps=8, seeds=(0, 1), heldout_n=64, em_n=20, cap=20, eval_every=10,
-                eval_n=20)
+QUICK = replace(FULL, steps=5, seeds=(0, 1), heldout_n=64, em_n=10, cap=20, eval_every=10,
+                eval_n=10)
 
 
 @functools.lru_cache(maxsize=1)
@@ -116,7 +120,8 @@ def _adapt(model: torch.nn.Module, d: Design, arm: dict) -> None:
     if arm["kind"] == "lora":
         lora.add_lora(model, list(d.targets), **kw)
     elif arm["kind"] == "qlora":
-        qlora.prepare_qlora(model, list(d.targets), loftq_iter=arm.get("loftq_iter", 1), **kw)
+        qlora.prepare_qlora(model, list(d.targets), loftq_iter=arm.get("loftq_iter", 1),
+                            backend=d.backend, **kw)
     else:
         raise ValueError(f"arm kind must be 'lora' or 'qlora', got {arm['kind']!r}")
 

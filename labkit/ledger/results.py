@@ -4,8 +4,8 @@
 (the ledger) and ``"quick"`` (the rows ``benchmarks/ledger.py --quick`` reruns), each with
 
 * ``provenance``: date, git commit (and whether the tree had uncommitted changes), the
-  versions of Python, torch, peft, bitsandbytes and labkit, the thread count, the 4-bit
-  back end, the command and its wall time;
+  versions of Python, torch, peft, bitsandbytes and labkit (read from the installed
+  metadata: nothing is imported for it), the thread count, the command and its wall time;
 * ``design``: the :class:`labkit.ledger.experiment.Design` the rows ran with;
 * ``rows``: every :class:`labkit.ledger.claims.Row`, per-unit values included.
 
@@ -77,7 +77,6 @@ def provenance(command: str, threads: int, wall_s: float) -> dict:
     import torch
 
     import labkit
-    from labkit.qlora import resolve_backend
 
     status = _git("status", "--porcelain")
     return {
@@ -91,7 +90,6 @@ def provenance(command: str, threads: int, wall_s: float) -> dict:
         "labkit": labkit.__version__,
         "machine": f"{platform.system()} {platform.machine()}",
         "threads": threads,
-        "backend_4bit": resolve_backend("auto", "cpu"),
         "command": command,
         "wall_s": round(wall_s, 1),
     }
