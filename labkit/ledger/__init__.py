@@ -46,6 +46,13 @@ metrics:
   layer; (b) held-out loss after 100 steps on the 4-bit base, r = 16, LoftQ with 1 step.
   Paper's sign: lower in both.
 
+Use::
+
+    from labkit import ledger
+    print(ledger.table(ledger.load()["full"]["rows"]))      # the committed ledger
+    committed, rerun = ledger.recompute_row("QPiSSA vs NF4, step-0 error, r=16")
+    assert ledger.compare([committed], [rerun]) == []      # one row, recomputed live
+
 Modules: ``stats`` (t quantile, paired interval, verdict, printed precision),
 ``experiment`` (the design, one run of each kind), ``claims`` (rows, their builders, the
 plans), ``results`` (the JSON, provenance, the table, ``--check``'s comparison, recomputing

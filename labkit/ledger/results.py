@@ -143,7 +143,7 @@ def compare(committed: list, rerun: list) -> list[str]:
 
 def table(rows: list) -> str:
     """The ledger as text: one block per row (arms' means, trainable counts, the paired
-    mean and its 95 % CI, the verdict and its reason)."""
+    mean and its 95 % CI, the verdict and its reason, the row's notes)."""
     from statistics import mean
 
     lines = []
@@ -159,7 +159,7 @@ def table(rows: list) -> str:
             f"    variant - baseline: {fmt(r['mean'])}  95 % CI [{fmt(lo)}, {fmt(hi)}]  "
             f"paper's sign {'+' if r['expected_sign'] > 0 else '-'}",
             f"    {r['verdict'].upper()}: {r['reason']}",
-        ]
+        ] + [f"    note: {n}" for n in r.get("notes", [])]
     return "\n".join(lines)
 
 
