@@ -203,7 +203,8 @@ def step0(d: X.Design, init: str, r: int = 16, loftq_iter: int = 1) -> Row:
                notes=["deterministic (no seed reaches it); the units are the target layers, "
                       "paired by layer: the interval speaks of layers like these",
                       f"NF4 + double quantization, blocks of 64 ({d.backend}'s 4-bit layer); "
-                      f"alpha = 2r; LoftQ alternates T = {loftq_iter} time(s)"])
+                      "alpha = 2r" + (f"; LoftQ alternates T = {loftq_iter} time(s)"
+                                      if init == "loftq" else "")])
 
 
 def qlora_train(d: X.Design, init: str, r: int = 16, loftq_iter: int = 1) -> Row:
@@ -215,7 +216,7 @@ def qlora_train(d: X.Design, init: str, r: int = 16, loftq_iter: int = 1) -> Row
                      (label, _qarm(init, r, loftq_iter)),
                      ("QLoRA zero init", _qarm("default", r, 1)),
                      [f"NF4 + double quantization, blocks of 64 ({d.backend}'s 4-bit layer); "
-                      "alpha = 2r; LoftQ alternates once"])
+                      "alpha = 2r" + ("; LoftQ alternates once" if init == "loftq" else "")])
 
 
 def _qlora_init(d: X.Design, init: str, r: int = 16, loftq_iter: int = 1,
