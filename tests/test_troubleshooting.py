@@ -47,7 +47,8 @@ def broken_links(markdown: str) -> list[str]:
 
 
 def test_heading_id_is_jupyterlabs():
-    assert heading_id('## "CUDA out of memory" on a 16 GB card') == '"CUDA-out-of-memory"-on-a-16-GB-card'
+    assert (heading_id('## "CUDA out of memory" on a 16 GB card')
+            == '"CUDA-out-of-memory"-on-a-16-GB-card')
     assert heading_id("## 7 · Will it fit? The calculator") == "7-·-Will-it-fit?-The-calculator"
     assert heading_id("### `LoRALinear` in **ten** lines") == "LoRALinear-in-ten-lines"
 
