@@ -34,6 +34,8 @@ Last, lesson 10's standard stack against labkit: the bigger model exported as a 
 directory, fine-tuned once with transformers + PEFT as lesson 10's GPU cell does it and once
 with labkit from the same directory and starting adapter; losses, peak memory and step time
 side by side (``gpu_standard_stack.py``, whose docstring says what is compared and how).
+Then labkit's LoftQ against PEFT's own ``loftq_init``, which needs CUDA, on every target
+layer of the course model (``gpu_loftq.py``: the 4-bit values, the starting errors).
 
     python benchmarks/gpu_check.py             # on a CUDA GPU: well under 5 minutes
     python benchmarks/gpu_check.py --dry-run   # anywhere, tiny sizes, seconds (a test runs it)
@@ -70,6 +72,7 @@ from labkit.env import pick_device, seed_everything  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import _bench  # noqa: E402  (interleaved timing, shared with the CPU benchmarks)
+import gpu_loftq  # noqa: E402  (labkit's LoftQ against PEFT's own, layer by layer)
 import gpu_standard_stack  # noqa: E402  (the transformers + PEFT path on an exported model)
 from _gpu_setup import TARGETS, MiB, R, big_config, estimate_bytes  # noqa: E402
 
@@ -346,6 +349,7 @@ def main(argv=None) -> int:
         ok &= gpu_memory.main(["--rows", *rows] + (["--dry-run"] if args.dry_run else [])) == 0
     # lesson 10's transformers + PEFT path against labkit's on the bigger model, exported
     ok &= gpu_standard_stack.compare(big_config(args.dry_run), device, compute_dtype, steps, batch)
+    ok &= gpu_loftq.compare(device)
     if args.dry_run:
         print("dry run OK" if ok else "dry run FAILED")
     else:

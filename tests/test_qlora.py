@@ -504,7 +504,8 @@ STANDARD_STACK = ["\ncontender             step ms  / PEFT peak MiB est. MiB fir
 
 @pytest.mark.parametrize("script, args, expect", [
     ("qlora_vs_peft.py", ["--quick"], ["base-weight bytes equal: True"]),
-    ("gpu_check.py", ["--dry-run"], STANDARD_STACK + ["dry run OK"]),
+    ("gpu_check.py", ["--dry-run"],
+     STANDARD_STACK + ["\nLoftQ vs PEFT: ok (Q values differing at most 0.0%", "dry run OK"]),
 ])
 def test_benchmark_smoke(script, args, expect):
     proc = subprocess.run([sys.executable, str(ROOT / "benchmarks" / script), *args],
