@@ -89,6 +89,9 @@ CASES = {
                            modules_to_save=t.append(h)), "LoRA on the head"),
         "unknown argument": (lambda h: dict(rank=4, modules_to_save=[h]), "LoraConfig(**your"),
         "not a dict": (lambda h: ["SEQ_CLS"], "return a dict"),
+        "head name hard-coded": (lambda h: dict(r=4, target_modules=_ATTN,
+                                                modules_to_save=["score"]),
+                                 "the new head 'classifier' does not train"),
     }),
     "check_alpha_scale": (lambda A, B, a, r, rs: (A, B / _scale(a, r, rs)), {
         "unchanged": (lambda A, B, a, r, rs: (A, B), "the factors are unchanged"),

@@ -212,9 +212,10 @@ def check_adapter_state_dict(fn: Callable, seed: int = 0) -> H.CheckResult:
 # ------------------------------------------------------------------ a new classification head
 
 
-def _tiny_classifier(seed: int, head_seed: int | None = None):
+def _tiny_classifier(seed: int, head_seed: int | None = None, head: str = "score"):
     """A 2-layer LlamaForSequenceClassification with 3 labels, its body drawn from ``seed``;
-    the new head ``score`` is random, drawn again from ``head_seed`` when one is given."""
+    the new head (``score``, as in LLaMA, or renamed to ``head``, e.g. BERT's ``classifier``)
+    is random, drawn again from ``head_seed`` when one is given."""
     from labkit._deps import import_hf  # transformers and PEFT, their import noise filtered
 
     transformers, _ = import_hf()
@@ -223,12 +224,30 @@ def _tiny_classifier(seed: int, head_seed: int | None = None):
                                    num_key_value_heads=2, max_position_embeddings=16,
                                    num_labels=3, pad_token_id=0)
     torch.manual_seed(seed)
-    model = transformers.LlamaForSequenceClassification(cfg).eval()
+    cls = transformers.LlamaForSequenceClassification if head == "score" else _renamed_head(head)
+    model = cls(cfg).eval()
     if head_seed is not None:  # the same base model, another new head
         with torch.no_grad():
             gen = torch.Generator().manual_seed(head_seed)
-            model.score.weight.normal_(0.0, 0.02, generator=gen)
+            getattr(model, head).weight.normal_(0.0, 0.02, generator=gen)
     return model
+
+
+def _renamed_head(head: str):
+    """LlamaForSequenceClassification whose head module is registered as ``head``: its
+    forward still reads ``self.score``, which a property maps to the renamed module (or to
+    the wrapper PEFT puts in its place)."""
+    from labkit._deps import import_hf
+
+    transformers, _ = import_hf()
+    base = transformers.LlamaForSequenceClassification
+
+    def __init__(self, config):
+        base.__init__(self, config)
+        self.add_module(head, self._modules.pop("score"))
+
+    return type(f"LlamaWith_{head}", (base,), {
+        "__init__": __init__, "score": property(lambda self: getattr(self, head))})
 
 
 def check_head_config(fn: Callable, seed: int = 0) -> H.CheckResult:
@@ -241,11 +260,13 @@ def check_head_config(fn: Callable, seed: int = 0) -> H.CheckResult:
     head. ``task_type="SEQ_CLS"`` (PEFT then adds ``classifier`` and ``score`` to
     ``modules_to_save``) or ``modules_to_save=[head_name]`` trains the head fully and saves it.
 
-    The check builds a small LLaMA classifier with PEFT from ``LoraConfig(**fn("score"))``,
-    takes one SGD step on the trainable parameters, saves the adapter, loads it onto a fresh
-    base whose head got other random weights, and compares the logits. Named: no dict,
-    arguments LoraConfig refuses, no LoRA layer in the body, a frozen head, LoRA on the head
-    (its random base weight is not saved), a reload that does not reproduce the predictions.
+    The check builds a small LLaMA classifier with PEFT from ``LoraConfig(**fn(head))``, once
+    with its head called ``score`` and once with it renamed ``classifier`` (so an answer that
+    ignores ``head_name`` fails), takes one SGD step on the trainable parameters, saves the
+    adapter, loads it onto a fresh base whose head got other random weights, and compares the
+    logits. Named: no dict, arguments LoraConfig refuses, no LoRA layer in the body, a frozen
+    head (a head name hard-coded included), LoRA on the head (its random base weight is not
+    saved), a reload that does not reproduce the predictions.
     """
     name = "head_config"
     if (bad := H._not_callable(name, fn)) is not None:
@@ -254,65 +275,68 @@ def check_head_config(fn: Callable, seed: int = 0) -> H.CheckResult:
     from labkit._deps import import_hf
 
     _, peft = import_hf()
-    head = "score"
-    try:
-        kwargs = H._call(fn, head)
-    except H._LearnerError as exc:
-        return H._report(name, False, f"your function raised {exc}")
-    if kwargs is None:
-        return H._report(name, False, H._RETURNED_NONE)
-    if not isinstance(kwargs, dict) or not all(isinstance(k, str) for k in kwargs):
-        return H._report(name, False, "return a dict of LoraConfig keyword arguments, e.g. "
-                         f"{{'r': 8, 'target_modules': [...]}}; got {type(kwargs).__name__}")
-    try:
-        config = peft.LoraConfig(**kwargs)
-    except Exception as exc:  # the learner's arguments
-        first = (str(exc).strip().splitlines() or [""])[0]
-        return H._report(name, False, f"LoraConfig(**your dict) raised {type(exc).__name__}: "
-                         f"{first}")
-    ids = torch.randint(1, 64, (4, 8), generator=torch.Generator().manual_seed(seed))
-    labels = torch.tensor([0, 1, 2, 1])
-    with warnings.catch_warnings(), tempfile.TemporaryDirectory() as tmp:
-        warnings.simplefilter("ignore")
+    for head in ("score", "classifier"):  # LLaMA's name, then BERT's
         try:
-            model = peft.get_peft_model(_tiny_classifier(seed), config)
-        except Exception as exc:
+            kwargs = H._call(fn, head)
+        except H._LearnerError as exc:
+            return H._report(name, False, f"your function raised {exc} "
+                             f"(head_name={head!r})")
+        if kwargs is None:
+            return H._report(name, False, H._RETURNED_NONE)
+        if not isinstance(kwargs, dict) or not all(isinstance(k, str) for k in kwargs):
+            return H._report(name, False, "return a dict of LoraConfig keyword arguments, e.g. "
+                             f"{{'r': 8, 'target_modules': [...]}}; got {type(kwargs).__name__}")
+        try:
+            config = peft.LoraConfig(**kwargs)
+        except Exception as exc:  # the learner's arguments
             first = (str(exc).strip().splitlines() or [""])[0]
-            return H._report(name, False, f"get_peft_model refused your config: "
-                             f"{type(exc).__name__}: {first}")
-        trainable = [n for n, p in model.named_parameters() if p.requires_grad]
-        body = [n for n in trainable if "lora_" in n and f".{head}." not in n]
-        head_full = [n for n in trainable if f".{head}." in n and "lora_" not in n]
-        head_lora = [n for n in trainable if f".{head}." in n and "lora_" in n]
-        if not body:
-            return H._report(name, False, "no LoRA layer in the model's body trains: keep "
-                             "target_modules on the attention or MLP layers (e.g. 'all-linear')")
-        if not head_full:
-            if head_lora:
-                return H._report(name, False, f"LoRA on the head {head!r}: only its adapter "
-                                 "trains, and the head's own weight, random since the model "
-                                 "was built, is not saved, so a reloaded model gets another "
-                                 f"random head; train and save it whole with "
-                                 f"modules_to_save=[{head!r}] (or task_type='SEQ_CLS')")
-            return H._report(name, False, f"the new head {head!r} does not train (it stays "
-                             "random) and save_pretrained will not save it: add "
-                             f"task_type='SEQ_CLS', or modules_to_save=[{head!r}]")
-        model.train()
-        params = [p for p in model.parameters() if p.requires_grad]
-        opt = torch.optim.SGD(params, lr=0.5)
-        torch.nn.functional.cross_entropy(model(input_ids=ids).logits, labels).backward()
-        opt.step()
-        model.eval()
-        with torch.no_grad():
-            trained = model(input_ids=ids).logits
-        model.save_pretrained(tmp)
-        reloaded = peft.PeftModel.from_pretrained(_tiny_classifier(seed, seed + 1), tmp).eval()
-        with torch.no_grad():
-            gap = (reloaded(input_ids=ids).logits - trained).abs().max().item()
-    if gap > 1e-5:
-        return H._report(name, False, f"the reloaded model's logits differ from the trained "
-                         f"model's by up to {gap:.3g}: something trained is not in the adapter "
-                         f"file; save the head with modules_to_save=[{head!r}]")
-    return H._report(name, True, f"the head {head!r} trains in full, is saved with the adapter, "
-                     "and a reloaded model (another random head underneath) predicts the same "
-                     "logits")
+            return H._report(name, False, f"LoraConfig(**your dict) raised {type(exc).__name__}: "
+                             f"{first}")
+        ids = torch.randint(1, 64, (4, 8), generator=torch.Generator().manual_seed(seed))
+        labels = torch.tensor([0, 1, 2, 1])
+        with warnings.catch_warnings(), tempfile.TemporaryDirectory() as tmp:
+            warnings.simplefilter("ignore")
+            try:
+                model = peft.get_peft_model(_tiny_classifier(seed, head=head), config)
+            except Exception as exc:
+                first = (str(exc).strip().splitlines() or [""])[0]
+                return H._report(name, False, f"get_peft_model refused your config: "
+                                 f"{type(exc).__name__}: {first}")
+            trainable = [n for n, p in model.named_parameters() if p.requires_grad]
+            body = [n for n in trainable if "lora_" in n and f".{head}." not in n]
+            head_full = [n for n in trainable if f".{head}." in n and "lora_" not in n]
+            head_lora = [n for n in trainable if f".{head}." in n and "lora_" in n]
+            if not body:
+                return H._report(name, False, "no LoRA layer in the model's body trains: "
+                                 "keep target_modules on the attention or MLP layers (e.g. "
+                                 "'all-linear')")
+            if not head_full:
+                if head_lora:
+                    return H._report(name, False, f"LoRA on the head {head!r}: only its adapter "
+                                     "trains, and the head's own weight, random since the model "
+                                     "was built, is not saved, so a reloaded model gets another "
+                                     f"random head; train and save it whole with "
+                                     f"modules_to_save=[{head!r}] (or task_type='SEQ_CLS')")
+                return H._report(name, False, f"the new head {head!r} does not train (it stays "
+                                 "random) and save_pretrained will not save it: add "
+                                 f"task_type='SEQ_CLS', or modules_to_save=[{head!r}]")
+            model.train()
+            params = [p for p in model.parameters() if p.requires_grad]
+            opt = torch.optim.SGD(params, lr=0.5)
+            torch.nn.functional.cross_entropy(model(input_ids=ids).logits, labels).backward()
+            opt.step()
+            model.eval()
+            with torch.no_grad():
+                trained = model(input_ids=ids).logits
+            model.save_pretrained(tmp)
+            fresh = _tiny_classifier(seed, seed + 1, head)
+            reloaded = peft.PeftModel.from_pretrained(fresh, tmp).eval()
+            with torch.no_grad():
+                gap = (reloaded(input_ids=ids).logits - trained).abs().max().item()
+        if gap > 1e-5:
+            return H._report(name, False, f"the reloaded model's logits differ from the trained "
+                             f"model's by up to {gap:.3g}: something trained is not in the adapter "
+                             f"file; save the head with modules_to_save=[{head!r}]")
+    return H._report(name, True, "the head ('score', then 'classifier') trains in full, is "
+                     "saved with the adapter, and a reloaded model (another random head "
+                     "underneath) predicts the same logits")
