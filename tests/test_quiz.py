@@ -426,7 +426,8 @@ def test_show_is_seeded_and_names_bad_input():
     with pytest.raises(quiz.QuizError, match=r"no quiz for lesson '42'; lessons: 00, 01"):
         quiz.lesson_quiz("42")
     with pytest.raises(quiz.QuizError,
-                       match=r"no topic 'lora'; topics: benefits, beyond-lora, finetuning, "):
+                       match=r"no topic 'lora'; topics: benefits, beyond-lora, failure-lab, "
+                             r"finetuning, "):
         quiz.show(topic="lora")
     with pytest.raises(quiz.QuizError, match=r"no item with id 'nope'"):
         quiz.show(ids=["nope"])

@@ -102,8 +102,8 @@ def test_terminal_flashcards_explain_and_progress(tmp_path):
 def test_terminal_unknown_mode_is_an_error(tmp_path, capsys):
     assert quiz.main(["lora", "--progress", str(tmp_path / "p.json")]) == 2
     err = capsys.readouterr().err
-    assert ("error: unknown mode 'lora'; use a topic (benefits, beyond-lora, finetuning, "
-            "lora-basics") in err
+    assert ("error: unknown mode 'lora'; use a topic (benefits, beyond-lora, failure-lab, "
+            "finetuning, lora-basics") in err
     assert "or lesson NN, practice, test" in err
 
 

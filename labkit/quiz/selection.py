@@ -21,8 +21,9 @@ SCORED_KINDS = ("choice", "scenario", "code_output", "find_bug")
 CORE_TOPICS = ("lora-basics", "lora-params", "qlora", "quantization", "benefits", "lora-is-not")
 #: What the review modes (flashcards, explain, the 10-question test) draw on when no topic is
 #: given: the core topics. Lesson topics (``lora-layers``, ``finetuning``, ``memory``,
-#: ``scaling``, ``standard-stack``, ``beyond-lora``) are asked by name, so the review of
-#: lesson 08 stays on the cheat sheet. A bank with none of these uses all its topics.
+#: ``scaling``, ``standard-stack``, ``beyond-lora``, ``failure-lab``) are asked by name, so
+#: the review of lesson 08 stays on the cheat sheet. A bank with none of these uses all its
+#: topics.
 REVIEW_TOPICS = CORE_TOPICS
 #: The topics each lesson teaches; a closing quiz longer than its curated items
 #: (``lesson_quiz("01", n=6)``) draws the rest from them.
@@ -39,6 +40,7 @@ LESSON_TOPICS = {
     "09": ("scaling",),
     "10": ("standard-stack",),
     "11": ("beyond-lora",),
+    "12": ("failure-lab",),
 }
 #: Each lesson's closing quiz, chosen by hand: three items on what that lesson taught, easy to
 #: hard, and no item in two lessons' quizzes (a test checks both).
@@ -55,6 +57,7 @@ LESSON_ITEMS = {
     "09": ("sc-ddp-replica", "sc-adapter-bytes", "sc-token-weighting"),
     "10": ("ss-label-mask", "ss-colab-scenario", "ss-bf16-bound"),
     "11": ("bl-rslora-scale", "bl-dora-count", "bl-pissa-convert"),
+    "12": ("fl-checkpoint-fix", "fl-head-scenario", "fl-merge-qlora"),
 }
 #: Items a lesson works through in its own cells (lesson 07's problems, lesson 08's explain
 #: examples), besides its closing quiz; a test checks this against the notebooks.
