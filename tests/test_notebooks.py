@@ -107,19 +107,10 @@ def test_nbval_is_strict_with_timeout_and_sanitizer():
     assert "lessons" in opts["testpaths"]
 
 
-# Lessons without a quiz topic of their own, and why (DESIGN.md's lesson map).
-NO_QUIZ = {"12": "the failure lab ends with its exercises; the bank has no topic for it"}
-
-
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=[p.name for p in NOTEBOOKS])
 def test_lesson_ends_with_its_quiz(path):
     """The quiz is the main path's last code cell: the last before a final `## Going deeper`
-    section (material for the curious, whose cells may still run), or the last of all. A
-    lesson in NO_QUIZ calls no quiz at all."""
-    if path.name[:2] in NO_QUIZ:
-        nb = nbformat.read(path, as_version=4)
-        assert not any("quiz.lesson_quiz(" in c.source for c in nb.cells if c.cell_type == "code")
-        return
+    section (material for the curious, whose cells may still run), or the last of all."""
     nb = nbformat.read(path, as_version=4)
     deeper = next((i for i, c in enumerate(nb.cells) if c.cell_type == "markdown"
                    and re.search(r"^## Going deeper\s*$", c.source, re.M)), len(nb.cells))
