@@ -17,7 +17,8 @@ residual); training as in tests/lora_variants_common.py.
 
 from __future__ import annotations
 
-import inspect
+import importlib.util
+from pathlib import Path
 
 import pytest
 import torch
@@ -33,7 +34,6 @@ from lora_variants_common import (
     run,
 )
 from peft import LoraConfig, PeftModel, get_peft_model
-from peft.utils import loftq_utils
 
 from labkit import lora as L
 from labkit.qlora import dequantize_weight, prepare_qlora
@@ -45,12 +45,13 @@ LAYER = "layers.0.mlp.down_proj"  # a real layer of the course model, (128, 256)
 
 
 def _peft_loftq_on_cpu():
-    src = inspect.getsource(loftq_utils.loftq_init)
-    assert src.count('"cuda"') == 1  # the compute device: the one thing changed
-    src = src.replace('"cuda"', '"cpu"')
-    namespace = dict(vars(loftq_utils))
-    exec(compile(src, loftq_utils.__file__, "exec"), namespace)  # noqa: S102
-    return namespace["loftq_init"]
+    """PEFT's loftq_init with its one device name set to "cpu": the stand-in that
+    benchmarks/gpu_loftq.py also runs in its dry run (one copy, there)."""
+    spec = importlib.util.spec_from_file_location(
+        "gpu_loftq", Path(__file__).resolve().parent.parent / "benchmarks" / "gpu_loftq.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod.peft_loftq(torch.device("cpu"))
 
 
 peft_loftq = _peft_loftq_on_cpu()
